@@ -233,7 +233,10 @@ impl Verifier {
             return Err(ConfigError::WeakSecret);
         }
         let mut verifier = Verifier::new(Algorithm::HS256, [], issuer, audiences);
-        verifier.secrets = secrets.iter().map(|s| DecodingKey::from_secret(s)).collect();
+        verifier.secrets = secrets
+            .iter()
+            .map(|s| DecodingKey::from_secret(s))
+            .collect();
         Ok(verifier)
     }
 
@@ -256,7 +259,8 @@ impl Verifier {
         let mut keys = Vec::new();
         for jwk in &set.keys {
             let kid = jwk.common.key_id.clone().unwrap_or_default();
-            let key = DecodingKey::from_jwk(jwk).map_err(|_| ConfigError::KeyMismatch(kid.clone()))?;
+            let key =
+                DecodingKey::from_jwk(jwk).map_err(|_| ConfigError::KeyMismatch(kid.clone()))?;
             if key.family() != algorithm.family() {
                 return Err(ConfigError::KeyMismatch(kid));
             }
@@ -282,9 +286,7 @@ impl Verifier {
             return Err(VerifyError::TooLong);
         }
         let header = jsonwebtoken::decode_header(token).map_err(|e| match e.kind() {
-            jsonwebtoken::errors::ErrorKind::Json(_)
-                if header_alg_unparsable(token) =>
-            {
+            jsonwebtoken::errors::ErrorKind::Json(_) if header_alg_unparsable(token) => {
                 VerifyError::WrongAlgorithm
             }
             _ => VerifyError::Malformed,
@@ -376,15 +378,15 @@ fn map_error(e: &jsonwebtoken::errors::Error) -> VerifyError {
         K::InvalidAlgorithm | K::MissingAlgorithm | K::InvalidAlgorithmName => {
             VerifyError::WrongAlgorithm
         }
-        K::MissingRequiredClaim(c) | K::InvalidClaimFormat(c) => VerifyError::MissingClaim(match c
-            .as_str()
-        {
-            "exp" => "exp",
-            "sub" => "sub",
-            "iss" => "iss",
-            "aud" => "aud",
-            _ => "claim",
-        }),
+        K::MissingRequiredClaim(c) | K::InvalidClaimFormat(c) => {
+            VerifyError::MissingClaim(match c.as_str() {
+                "exp" => "exp",
+                "sub" => "sub",
+                "iss" => "iss",
+                "aud" => "aud",
+                _ => "claim",
+            })
+        }
         K::InvalidIssuer => VerifyError::WrongIssuer,
         K::InvalidAudience => VerifyError::WrongAudience,
         K::ExpiredSignature => VerifyError::Expired,
@@ -425,7 +427,9 @@ mod tests {
     #[test]
     fn accepts_a_well_formed_token() {
         let now = 1_700_000_000;
-        let c = verifier().verify(&sign(at_header(), &claims(now)), now).unwrap();
+        let c = verifier()
+            .verify(&sign(at_header(), &claims(now)), now)
+            .unwrap();
         assert_eq!(c.sub, "u1");
         assert!(c.has_role("admin"));
         assert!(!c.has_permission("x"));
@@ -436,14 +440,20 @@ mod tests {
         let now = 1_700_000_000;
         let token = sign(at_header(), &claims(now));
         assert!(verifier().verify(&token, now + 900 + 29).is_ok());
-        assert_eq!(verifier().verify(&token, now + 900 + 30), Err(VerifyError::Expired));
+        assert_eq!(
+            verifier().verify(&token, now + 900 + 30),
+            Err(VerifyError::Expired)
+        );
     }
 
     #[test]
     fn rejects_tokens_from_the_future() {
         let now = 1_700_000_000;
         let token = sign(at_header(), &claims(now + 120));
-        assert_eq!(verifier().verify(&token, now), Err(VerifyError::IssuedInFuture));
+        assert_eq!(
+            verifier().verify(&token, now),
+            Err(VerifyError::IssuedInFuture)
+        );
     }
 
     #[test]
@@ -451,10 +461,16 @@ mod tests {
         let now = 1_700_000_000;
         let mut h = at_header();
         h.typ = Some("JWT".to_owned());
-        assert_eq!(verifier().verify(&sign(h, &claims(now)), now), Err(VerifyError::WrongType));
+        assert_eq!(
+            verifier().verify(&sign(h, &claims(now)), now),
+            Err(VerifyError::WrongType)
+        );
         let mut h = at_header();
         h.typ = None;
-        assert_eq!(verifier().verify(&sign(h, &claims(now)), now), Err(VerifyError::WrongType));
+        assert_eq!(
+            verifier().verify(&sign(h, &claims(now)), now),
+            Err(VerifyError::WrongType)
+        );
     }
 
     #[test]
@@ -464,7 +480,10 @@ mod tests {
             let mut c = claims(now);
             c.as_object_mut().unwrap().remove(claim);
             let err = verifier().verify(&sign(at_header(), &c), now).unwrap_err();
-            assert!(matches!(err, VerifyError::MissingClaim(_)), "{claim}: {err:?}");
+            assert!(
+                matches!(err, VerifyError::MissingClaim(_)),
+                "{claim}: {err:?}"
+            );
         }
     }
 
@@ -473,10 +492,16 @@ mod tests {
         let now = 1_700_000_000;
         let mut c = claims(now);
         c["iss"] = "https://evil".into();
-        assert_eq!(verifier().verify(&sign(at_header(), &c), now), Err(VerifyError::WrongIssuer));
+        assert_eq!(
+            verifier().verify(&sign(at_header(), &c), now),
+            Err(VerifyError::WrongIssuer)
+        );
         let mut c = claims(now);
         c["aud"] = "other".into();
-        assert_eq!(verifier().verify(&sign(at_header(), &c), now), Err(VerifyError::WrongAudience));
+        assert_eq!(
+            verifier().verify(&sign(at_header(), &c), now),
+            Err(VerifyError::WrongAudience)
+        );
     }
 
     #[test]
@@ -497,19 +522,29 @@ mod tests {
         h.alg = Algorithm::HS384;
         let token =
             jsonwebtoken::encode(&h, &claims(now), &EncodingKey::from_secret(SECRET)).unwrap();
-        assert_eq!(verifier().verify(&token, now), Err(VerifyError::WrongAlgorithm));
+        assert_eq!(
+            verifier().verify(&token, now),
+            Err(VerifyError::WrongAlgorithm)
+        );
     }
 
     #[test]
     fn rejects_a_bad_signature_and_garbage() {
         let now = 1_700_000_000;
-        let other = Verifier::hs256(&[b"another-secret-another-secret-xx".as_slice()], "https://kg", &["api"])
-            .unwrap();
+        let other = Verifier::hs256(
+            &[b"another-secret-another-secret-xx".as_slice()],
+            "https://kg",
+            &["api"],
+        )
+        .unwrap();
         let token = sign(at_header(), &claims(now));
         assert_eq!(other.verify(&token, now), Err(VerifyError::BadSignature));
         assert_eq!(verifier().verify("a.b.c", now), Err(VerifyError::Malformed));
         assert_eq!(verifier().verify("", now), Err(VerifyError::Malformed));
-        assert_eq!(verifier().verify(&"a".repeat(MAX_TOKEN_LEN + 1), now), Err(VerifyError::TooLong));
+        assert_eq!(
+            verifier().verify(&"a".repeat(MAX_TOKEN_LEN + 1), now),
+            Err(VerifyError::TooLong)
+        );
     }
 
     #[test]

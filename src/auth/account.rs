@@ -1,0 +1,198 @@
+//! Account use cases: register, read and change the profile, change the password.
+
+use super::{Auth, AuthError, FieldErrors, Principal};
+use crate::config;
+use crate::domain::{DisplayName, Email, FieldError, Password, Username};
+use crate::store::{NewUser, UserRecord};
+
+/// A registration as received (unvalidated).
+#[derive(Debug, Default, Clone)]
+pub struct Registration {
+    /// Email.
+    pub email: Option<String>,
+    /// Password (plaintext; dropped after hashing).
+    pub password: Option<String>,
+    /// Display name.
+    pub name: Option<String>,
+    /// Username.
+    pub username: Option<String>,
+}
+
+/// A profile change: `None` leaves a field alone, `Some(None)` clears it.
+#[derive(Debug, Default, Clone)]
+pub struct ProfileChange {
+    /// New display name.
+    pub name: Option<Option<String>>,
+    /// New username.
+    pub username: Option<Option<String>>,
+}
+
+fn field<T>(errors: &mut FieldErrors, name: &'static str, r: Result<T, FieldError>) -> Option<T> {
+    match r {
+        Ok(v) => Some(v),
+        Err(e) => {
+            errors.insert(name, e.to_string());
+            None
+        }
+    }
+}
+
+fn required<'a>(
+    errors: &mut FieldErrors,
+    name: &'static str,
+    v: &'a Option<String>,
+) -> Option<&'a str> {
+    if v.is_none() {
+        errors.insert(name, FieldError::Required.to_string());
+    }
+    v.as_deref()
+}
+
+impl Auth {
+    /// Creates an account through public registration.
+    pub async fn register(&self, input: Registration) -> Result<UserRecord, AuthError> {
+        if self.config.registration == config::Registration::Closed {
+            return Err(AuthError::RegistrationClosed);
+        }
+        self.create_user(input, Vec::new(), Vec::new()).await
+    }
+
+    /// Creates an account with roles and permissions (registration, admin API, CLI).
+    pub async fn create_user(
+        &self,
+        input: Registration,
+        roles: Vec<String>,
+        permissions: Vec<String>,
+    ) -> Result<UserRecord, AuthError> {
+        let policy = &self.config.password;
+        let mut errors = FieldErrors::new();
+        let email = required(&mut errors, "email", &input.email)
+            .and_then(|e| field(&mut errors, "email", Email::parse(e)));
+        let password = required(&mut errors, "password", &input.password).and_then(|p| {
+            field(
+                &mut errors,
+                "password",
+                Password::new(p, policy.min_length, policy.max_length),
+            )
+        });
+        let username = input
+            .username
+            .as_deref()
+            .and_then(|u| field(&mut errors, "username", Username::parse(u)));
+        let name = input
+            .name
+            .as_deref()
+            .and_then(|n| field(&mut errors, "name", DisplayName::parse(n)));
+        let (Some(email), Some(password), true) = (email, password, errors.is_empty()) else {
+            return Err(AuthError::Validation(errors));
+        };
+        let password_hash = self.hasher.hash(&password).await?;
+        let user = self
+            .store
+            .insert_user(
+                NewUser {
+                    email,
+                    username: username.map(|u| u.as_str().to_owned()),
+                    name: name
+                        .map(|n| n.as_str().to_owned())
+                        .filter(|n| !n.is_empty()),
+                    password_hash,
+                    roles,
+                    permissions,
+                },
+                self.now(),
+            )
+            .await?;
+        tracing::info!(event = "user_created", user_id = %user.id, "user created");
+        Ok(user)
+    }
+
+    /// The caller's account.
+    pub async fn me(&self, who: &Principal) -> Result<UserRecord, AuthError> {
+        self.store
+            .find_user(who.user_id)
+            .await?
+            .ok_or(AuthError::InvalidToken(super::TokenProblem::Invalid))
+    }
+
+    /// Changes the caller's display name and/or username.
+    pub async fn update_profile(
+        &self,
+        who: &Principal,
+        change: ProfileChange,
+    ) -> Result<UserRecord, AuthError> {
+        let mut errors = FieldErrors::new();
+        let name = match change.name {
+            None => None,
+            Some(None) => Some(None),
+            Some(Some(n)) => field(&mut errors, "name", DisplayName::parse(&n))
+                .map(|n| Some(n.as_str().to_owned()).filter(|n| !n.is_empty())),
+        };
+        let username = match change.username {
+            None => None,
+            Some(None) => Some(None),
+            Some(Some(u)) => field(&mut errors, "username", Username::parse(&u))
+                .map(|u| Some(u.as_str().to_owned())),
+        };
+        if !errors.is_empty() {
+            return Err(AuthError::Validation(errors));
+        }
+        self.store
+            .update_profile(who.user_id, name, username, self.now())
+            .await?
+            .ok_or(AuthError::InvalidToken(super::TokenProblem::Invalid))
+    }
+
+    /// Changes the caller's password after checking the current one, and ends every other
+    /// session of the user (a password change is what a user does when they fear theft).
+    pub async fn change_password(
+        &self,
+        who: &Principal,
+        current: Option<String>,
+        new: Option<String>,
+    ) -> Result<(), AuthError> {
+        let policy = &self.config.password;
+        let mut errors = FieldErrors::new();
+        let current = required(&mut errors, "current_password", &current).and_then(|p| {
+            field(
+                &mut errors,
+                "current_password",
+                Password::presented(p, policy.max_length),
+            )
+        });
+        let new = required(&mut errors, "new_password", &new).and_then(|p| {
+            field(
+                &mut errors,
+                "new_password",
+                Password::new(p, policy.min_length, policy.max_length),
+            )
+        });
+        let (Some(current), Some(new), true) = (current, new, errors.is_empty()) else {
+            return Err(AuthError::Validation(errors));
+        };
+        let stored = self.store.password_hash(who.user_id).await?;
+        let ok = self
+            .hasher
+            .verify(&current, stored.as_ref().map(|h| h.phc()))
+            .await?;
+        if !ok {
+            let mut errors = FieldErrors::new();
+            errors.insert(
+                "current_password",
+                "is not your current password".to_owned(),
+            );
+            return Err(AuthError::Validation(errors));
+        }
+        let hash = self.hasher.hash(&new).await?;
+        let now = self.now();
+        self.store
+            .set_password_hash(who.user_id, &hash, now)
+            .await?;
+        let ended = self
+            .store
+            .revoke_user_sessions(who.user_id, Some(who.session_id), "password_changed", now)
+            .await?;
+        tracing::info!(event = "password_changed", user_id = %who.user_id, sessions_ended = ended, "password changed");
+        Ok(())
+    }
+}

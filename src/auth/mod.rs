@@ -1,0 +1,223 @@
+//! The use cases: register, log in, refresh, log out, manage the account and its sessions.
+//!
+//! Both front ends (HTTP and the CLI) call these; they in turn call `store`, `token` and
+//! `password`. Nothing here knows about HTTP: results and errors are plain types that the
+//! `http` module maps onto API.md's contract.
+
+mod account;
+mod sessions;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use secrecy::ExposeSecret as _;
+use time::OffsetDateTime;
+
+pub use account::{ProfileChange, Registration};
+pub use sessions::{LogoutScope, Principal, TokenPair};
+
+use crate::clock::Clock;
+use crate::config::{Config, algorithm_name};
+use crate::password::{Hasher, PasswordError};
+use crate::store::{Store, StoreError};
+use crate::token::{KeyRing, TokenError, generate_key};
+
+/// Field name → message, for 422 `validation_failed`.
+pub type FieldErrors = BTreeMap<&'static str, String>;
+
+/// Why an access token was refused; the HTTP layer words it for `error_description`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenProblem {
+    /// No bearer token was sent.
+    Missing,
+    /// `exp` has passed: refresh and retry.
+    Expired,
+    /// Anything else: bad signature, wrong claims, revoked session…
+    Invalid,
+}
+
+/// Use-case failures.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// Input that is well-formed JSON but breaks a rule.
+    #[error("validation failed")]
+    Validation(FieldErrors),
+    /// Wrong password or unknown account (deliberately the same).
+    #[error("invalid credentials")]
+    InvalidCredentials,
+    /// Right password, disabled account.
+    #[error("account disabled")]
+    AccountDisabled,
+    /// Registration is closed by configuration.
+    #[error("registration closed")]
+    RegistrationClosed,
+    /// `email` or `username` already taken.
+    #[error("{0} taken")]
+    Conflict(&'static str),
+    /// Bad or missing access token.
+    #[error("invalid access token")]
+    InvalidToken(TokenProblem),
+    /// Bad refresh token.
+    #[error("invalid refresh token")]
+    InvalidRefreshToken,
+    /// No such resource (or not the caller's).
+    #[error("not found")]
+    NotFound,
+    /// The database is unreachable or overloaded.
+    #[error("unavailable")]
+    Unavailable,
+    /// A bug or an unexpected failure; the text is for the log only.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for AuthError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict(what) => AuthError::Conflict(what),
+            StoreError::Unavailable(_) => AuthError::Unavailable,
+            other => AuthError::Internal(error_chain(&other)),
+        }
+    }
+}
+
+impl From<PasswordError> for AuthError {
+    fn from(e: PasswordError) -> Self {
+        AuthError::Internal(e.to_string())
+    }
+}
+
+impl From<TokenError> for AuthError {
+    fn from(e: TokenError) -> Self {
+        AuthError::Internal(e.to_string())
+    }
+}
+
+/// `e` and its sources, for the log. Library errors here carry no secrets (sqlx does not
+/// echo bound values).
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    s
+}
+
+/// Errors at start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// The database failed.
+    #[error("database: {}", error_chain(.0))]
+    Store(#[from] StoreError),
+    /// Key material failed.
+    #[error("signing keys: {0}")]
+    Keys(#[from] TokenError),
+    /// The hasher failed.
+    #[error("password hasher: {0}")]
+    Password(#[from] PasswordError),
+    /// Binding the listener failed.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The configured address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Everything the use cases need. Shared behind an `Arc`; two instances with different
+/// configurations can live in one process.
+pub struct Auth {
+    config: Arc<Config>,
+    store: Store,
+    keys: KeyRing,
+    hasher: Hasher,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auth")
+            .field("keys", &self.keys)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Auth {
+    /// Loads (or on first start generates) the signing keys and builds the hasher.
+    pub async fn new(
+        config: Arc<Config>,
+        store: Store,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Auth, StartupError> {
+        let keys = load_key_ring(&config, &store, clock.now()).await?;
+        let hasher = Hasher::build(&config.password).await?;
+        Ok(Auth {
+            config,
+            store,
+            keys,
+            hasher,
+            clock,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The key ring.
+    pub fn keys(&self) -> &KeyRing {
+        &self.keys
+    }
+
+    /// The current time.
+    pub fn now(&self) -> OffsetDateTime {
+        self.clock.now()
+    }
+}
+
+/// The key ring for the configured algorithm. For the asymmetric ones the active key lives in
+/// the database: generated by whichever node (or CLI run) starts first, then shared by all.
+async fn load_key_ring(
+    config: &Config,
+    store: &Store,
+    now: OffsetDateTime,
+) -> Result<KeyRing, StartupError> {
+    if config
+        .signing
+        .secret
+        .as_ref()
+        .is_some_and(|s| !s.expose_secret().is_empty())
+    {
+        return Ok(KeyRing::hs256(config)?);
+    }
+    let alg = algorithm_name(config.signing.algorithm);
+    let active = match store.active_key(alg).await? {
+        Some(key) => key,
+        None => {
+            let algorithm = config.signing.algorithm;
+            let generated = tokio::task::spawn_blocking(move || generate_key(algorithm, now))
+                .await
+                .map_err(|_| TokenError::Generate)??;
+            if store.insert_active_key_if_absent(&generated).await? {
+                tracing::info!(kid = %generated.kid, algorithm = alg, "generated a new signing key");
+            }
+            // Whoever won the insert, this is the one key everybody signs with.
+            store
+                .active_key(alg)
+                .await?
+                .ok_or_else(|| TokenError::Load(generated.kid.clone()))?
+        }
+    };
+    let others = store.verifying_keys(alg).await?;
+    Ok(KeyRing::from_stored(config, &active, &others)?)
+}

@@ -1,0 +1,402 @@
+//! Session use cases: log in, refresh (rotation with a grace window), log out, authenticate a
+//! bearer token, list and end sessions.
+
+use std::time::Duration;
+
+use keygate_verify::{Claims, VerifyError};
+use time::OffsetDateTime;
+
+use super::{Auth, AuthError, FieldErrors, TokenProblem};
+use crate::domain::{ClientInfo, FieldError, Password, SessionId, UserId};
+use crate::store::{NewSession, Rotation, SessionRecord, UserRecord};
+use crate::token::{AccessGrant, RefreshToken};
+
+/// An authenticated caller: a verified access token whose session is live.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    /// `sub`.
+    pub user_id: UserId,
+    /// `sid`.
+    pub session_id: SessionId,
+    /// All claims.
+    pub claims: Claims,
+}
+
+/// What login and refresh hand out.
+#[derive(Debug, Clone)]
+pub struct TokenPair {
+    /// The signed access token.
+    pub access_token: String,
+    /// Its lifetime in seconds.
+    pub expires_in: i64,
+    /// The refresh token (plaintext, shown once).
+    pub refresh_token: RefreshToken,
+    /// Seconds until the refresh token expires.
+    pub refresh_expires_in: i64,
+    /// The session.
+    pub session_id: SessionId,
+}
+
+/// `scope` of a logout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogoutScope {
+    /// This session.
+    #[default]
+    Local,
+    /// Every session of the user.
+    Global,
+    /// Every session but this one.
+    Others,
+}
+
+fn seconds_until(t: OffsetDateTime, now: OffsetDateTime) -> i64 {
+    (t - now).whole_seconds().max(0)
+}
+
+fn later(now: OffsetDateTime, by: Duration) -> OffsetDateTime {
+    now.checked_add(time::Duration::try_from(by).unwrap_or(time::Duration::MAX))
+        .unwrap_or(OffsetDateTime::new_utc(
+            time::Date::MAX,
+            time::Time::MIDNIGHT,
+        ))
+}
+
+impl Auth {
+    /// Logs in with an email or username and a password, opening a new session.
+    pub async fn login(
+        &self,
+        login: Option<String>,
+        password: Option<String>,
+        client: ClientInfo,
+    ) -> Result<TokenPair, AuthError> {
+        let mut errors = FieldErrors::new();
+        if login.as_deref().is_none_or(|l| l.trim().is_empty()) {
+            errors.insert("email", FieldError::Required.to_string());
+        }
+        let password = match password.as_deref() {
+            None => {
+                errors.insert("password", FieldError::Required.to_string());
+                None
+            }
+            Some(p) => match Password::presented(p, self.config.password.max_length) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    errors.insert("password", e.to_string());
+                    None
+                }
+            },
+        };
+        let (Some(login), Some(password), true) = (login, password, errors.is_empty()) else {
+            return Err(AuthError::Validation(errors));
+        };
+        let login = login.trim().to_lowercase();
+        let found = self.store.find_credentials(&login).await?;
+        // Unknown accounts are checked against the dummy hash: same time, same answer.
+        let ok = self
+            .hasher
+            .verify(&password, found.as_ref().map(|(_, h)| h.phc()))
+            .await?;
+        let user = match found {
+            Some((user, _)) if ok => user,
+            _ => {
+                tracing::info!(
+                    event = "login_failed",
+                    reason = "invalid_credentials",
+                    "login failed"
+                );
+                return Err(AuthError::InvalidCredentials);
+            }
+        };
+        // Only after the password: the disabled state is no oracle for guessing.
+        if !user.is_active {
+            tracing::info!(event = "login_failed", user_id = %user.id, reason = "account_disabled", "login failed");
+            return Err(AuthError::AccountDisabled);
+        }
+        let pair = self.open_session(&user, client).await?;
+        tracing::info!(event = "login_succeeded", user_id = %user.id, session_id = %pair.session_id, "login");
+        Ok(pair)
+    }
+
+    async fn open_session(
+        &self,
+        user: &UserRecord,
+        client: ClientInfo,
+    ) -> Result<TokenPair, AuthError> {
+        let now = self.now();
+        let session_id = SessionId::new();
+        let refresh = RefreshToken::generate(session_id);
+        let expires_at = self.config.session_max_lifetime.map(|d| later(now, d));
+        let refresh_expires_at = self.refresh_expiry(now, expires_at);
+        self.store
+            .insert_session(
+                &NewSession {
+                    id: session_id,
+                    user_id: user.id,
+                    refresh_hash: refresh.hash(),
+                    refresh_expires_at,
+                    expires_at,
+                    user_agent: client.user_agent,
+                    ip: client.ip,
+                },
+                now,
+            )
+            .await?;
+        self.store
+            .revoke_sessions_beyond(user.id, self.config.max_sessions_per_user, now)
+            .await?;
+        self.token_pair(user, session_id, refresh, refresh_expires_at, now)
+    }
+
+    /// A refresh token lives `refresh_ttl` from its issue, capped by the session's end.
+    fn refresh_expiry(
+        &self,
+        now: OffsetDateTime,
+        session_end: Option<OffsetDateTime>,
+    ) -> OffsetDateTime {
+        let by_ttl = later(now, self.config.refresh_ttl);
+        session_end.map_or(by_ttl, |end| end.min(by_ttl))
+    }
+
+    fn token_pair(
+        &self,
+        user: &UserRecord,
+        session_id: SessionId,
+        refresh_token: RefreshToken,
+        refresh_expires_at: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> Result<TokenPair, AuthError> {
+        let (access_token, expires_in) = self.keys.issue(
+            &AccessGrant {
+                user_id: user.id,
+                session_id,
+                roles: &user.roles,
+                permissions: &user.permissions,
+            },
+            now,
+        )?;
+        Ok(TokenPair {
+            access_token,
+            expires_in,
+            refresh_token,
+            refresh_expires_in: seconds_until(refresh_expires_at, now),
+            session_id,
+        })
+    }
+
+    /// Exchanges a refresh token for a new pair, rotating it.
+    ///
+    /// The presented token is classified as exactly one of: the current token (rotate), the
+    /// previous one inside the grace window (hand out the same successor again), the previous
+    /// one after the window (reuse: the session is revoked), or not ours (plain 401).
+    pub async fn refresh(&self, presented: &str) -> Result<TokenPair, AuthError> {
+        let token = RefreshToken::parse(presented).ok_or(AuthError::InvalidRefreshToken)?;
+        let hash = token.hash();
+        // A lost race re-reads the row once; the second read sees the winner's rotation.
+        for _ in 0..3 {
+            let now = self.now();
+            let Some(session) = self.store.find_session(token.session_id()).await? else {
+                return Err(AuthError::InvalidRefreshToken);
+            };
+            if session.refresh_hash.matches(&hash) {
+                if !session.is_live(now) || session.refresh_expires_at <= now {
+                    return Err(AuthError::InvalidRefreshToken);
+                }
+                let user = self.live_user(&session).await?;
+                let successor = RefreshToken::generate(session.id);
+                let refresh_expires_at = self.refresh_expiry(now, session.expires_at);
+                let rotation = Rotation {
+                    id: session.id,
+                    from_generation: session.generation,
+                    previous_hash: hash.clone(),
+                    new_hash: successor.hash(),
+                    sealed_successor: token.seal(
+                        &successor,
+                        &SessionRecord::seal_context(session.id, session.generation + 1),
+                    ),
+                    refresh_expires_at,
+                };
+                if self.store.rotate_refresh(&rotation, now).await? {
+                    tracing::info!(event = "refresh_succeeded", user_id = %user.id, session_id = %session.id, "refresh");
+                    return self.token_pair(&user, session.id, successor, refresh_expires_at, now);
+                }
+                continue;
+            }
+            if session
+                .previous_hash
+                .as_ref()
+                .is_some_and(|p| p.matches(&hash))
+            {
+                return self.refresh_with_previous(&token, &session, now).await;
+            }
+            tracing::info!(event = "refresh_failed", session_id = %session.id, reason = "unknown_secret", "refresh failed");
+            return Err(AuthError::InvalidRefreshToken);
+        }
+        Err(AuthError::Unavailable)
+    }
+
+    /// The previous token was presented: inside the grace window it gets the same successor,
+    /// after it the session is treated as stolen.
+    async fn refresh_with_previous(
+        &self,
+        token: &RefreshToken,
+        session: &SessionRecord,
+        now: OffsetDateTime,
+    ) -> Result<TokenPair, AuthError> {
+        if !session.is_live(now) {
+            return Err(AuthError::InvalidRefreshToken);
+        }
+        let within_grace = session
+            .rotated_at
+            .is_some_and(|at| now < later(at, self.config.refresh_reuse_grace));
+        let successor = session.sealed_successor.as_deref().and_then(|sealed| {
+            token.open(
+                sealed,
+                &SessionRecord::seal_context(session.id, session.generation),
+            )
+        });
+        match successor {
+            Some(successor) if within_grace && successor.hash().matches(&session.refresh_hash) => {
+                let user = self.live_user(session).await?;
+                tracing::info!(event = "refresh_succeeded", user_id = %user.id, session_id = %session.id, grace = true, "refresh within grace window");
+                self.token_pair(
+                    &user,
+                    session.id,
+                    successor,
+                    session.refresh_expires_at,
+                    now,
+                )
+            }
+            _ => {
+                self.store
+                    .revoke_session(session.id, "refresh_token_reused", now)
+                    .await?;
+                tracing::warn!(event = "refresh_token_reused", user_id = %session.user_id, session_id = %session.id, "rotated refresh token presented again: session revoked");
+                Err(AuthError::InvalidRefreshToken)
+            }
+        }
+    }
+
+    async fn live_user(&self, session: &SessionRecord) -> Result<UserRecord, AuthError> {
+        match self.store.find_user(session.user_id).await? {
+            Some(user) if user.is_active => Ok(user),
+            _ => Err(AuthError::InvalidRefreshToken),
+        }
+    }
+
+    /// Verifies a bearer token and checks that its session is still live.
+    pub async fn authenticate(&self, bearer: Option<&str>) -> Result<Principal, AuthError> {
+        let principal = self.verify_access(bearer)?;
+        if !self
+            .store
+            .session_is_live(principal.session_id, principal.user_id, self.now())
+            .await?
+        {
+            return Err(AuthError::InvalidToken(TokenProblem::Invalid));
+        }
+        Ok(principal)
+    }
+
+    /// Verifies signature and claims only (logout accepts tokens of ended sessions).
+    fn verify_access(&self, bearer: Option<&str>) -> Result<Principal, AuthError> {
+        let token = bearer.ok_or(AuthError::InvalidToken(TokenProblem::Missing))?;
+        let claims = self.keys.verify(token, self.now()).map_err(|e| {
+            AuthError::InvalidToken(if e == VerifyError::Expired {
+                TokenProblem::Expired
+            } else {
+                TokenProblem::Invalid
+            })
+        })?;
+        let invalid = AuthError::InvalidToken(TokenProblem::Invalid);
+        let user_id =
+            UserId::parse(&claims.sub).ok_or(AuthError::InvalidToken(TokenProblem::Invalid))?;
+        let session_id = SessionId::parse(&claims.sid).ok_or(invalid)?;
+        Ok(Principal {
+            user_id,
+            session_id,
+            claims,
+        })
+    }
+
+    /// Ends sessions. Identified by the bearer token, or else by the refresh token; a token
+    /// whose session already ended still succeeds (logout is idempotent).
+    pub async fn logout(
+        &self,
+        scope: LogoutScope,
+        bearer: Option<&str>,
+        refresh: Option<&str>,
+    ) -> Result<(), AuthError> {
+        let now = self.now();
+        let from_refresh = match refresh {
+            None => None,
+            Some(text) => {
+                let token = RefreshToken::parse(text).ok_or(AuthError::InvalidRefreshToken)?;
+                let hash = token.hash();
+                self.store
+                    .find_session(token.session_id())
+                    .await?
+                    .filter(|s| {
+                        s.refresh_hash.matches(&hash)
+                            || s.previous_hash.as_ref().is_some_and(|p| p.matches(&hash))
+                    })
+                    .map(|s| (s.user_id, s.id))
+            }
+        };
+        let (user_id, session_id) = match (bearer, from_refresh) {
+            (Some(_), _) => {
+                let p = self.verify_access(bearer)?;
+                (p.user_id, p.session_id)
+            }
+            (None, Some(found)) => found,
+            // A well-formed refresh token that authenticates nothing: nothing to end.
+            (None, None) if refresh.is_some() && scope == LogoutScope::Local => return Ok(()),
+            (None, None) if refresh.is_some() => return Err(AuthError::InvalidRefreshToken),
+            (None, None) => return Err(AuthError::InvalidToken(TokenProblem::Missing)),
+        };
+        let ended = match scope {
+            LogoutScope::Local => {
+                let mut n = u64::from(self.store.revoke_session(session_id, "logout", now).await?);
+                // A refresh token of another of the user's sessions sent alongside ends too.
+                if let Some((owner, other)) = from_refresh
+                    && owner == user_id
+                    && other != session_id
+                {
+                    n += u64::from(self.store.revoke_session(other, "logout", now).await?);
+                }
+                n
+            }
+            LogoutScope::Global => {
+                self.store
+                    .revoke_user_sessions(user_id, None, "logout_global", now)
+                    .await?
+            }
+            LogoutScope::Others => {
+                self.store
+                    .revoke_user_sessions(user_id, Some(session_id), "logout_others", now)
+                    .await?
+            }
+        };
+        tracing::info!(event = "logout", user_id = %user_id, session_id = %session_id, sessions_ended = ended, "logout");
+        Ok(())
+    }
+
+    /// The caller's live sessions, most recently active first.
+    pub async fn list_sessions(&self, who: &Principal) -> Result<Vec<SessionRecord>, AuthError> {
+        Ok(self.store.live_sessions(who.user_id, self.now()).await?)
+    }
+
+    /// Ends one of the caller's sessions; another user's (or an unknown) session is not found.
+    pub async fn end_session(&self, who: &Principal, id: &str) -> Result<(), AuthError> {
+        let id = SessionId::parse(id).ok_or(AuthError::NotFound)?;
+        let now = self.now();
+        match self.store.find_session(id).await? {
+            Some(s) if s.user_id == who.user_id && s.is_live(now) => {
+                self.store
+                    .revoke_session(id, "session_revoked", now)
+                    .await?;
+                tracing::info!(event = "session_revoked", user_id = %who.user_id, session_id = %id, "session revoked");
+                Ok(())
+            }
+            _ => Err(AuthError::NotFound),
+        }
+    }
+}

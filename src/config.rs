@@ -1,0 +1,812 @@
+//! Configuration: built-in defaults < `keygate.toml` (or `--config FILE`) < `KEYGATE_*`
+//! environment variables < command-line flags, as OPERATIONS.md specifies.
+//!
+//! Loading happens in two steps. Figment layers the sources into a [`RawConfig`] whose every
+//! field is optional and which rejects unknown keys; then [`Config::try_from`] turns it into the
+//! validated [`Config`] the rest of the server uses, with errors that name the key and the fix.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use jsonwebtoken::Algorithm;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// The file read from the working directory when no `--config` is given.
+pub const DEFAULT_CONFIG_FILE: &str = "keygate.toml";
+
+/// Argon2id parameters below these are refused (OWASP's recommendation, also the defaults).
+pub const MIN_ARGON2_MEMORY_KIB: u32 = 19_456;
+/// See [`MIN_ARGON2_MEMORY_KIB`].
+pub const MIN_ARGON2_ITERATIONS: u32 = 2;
+
+/// A configuration problem: one sentence naming the key and how to fix it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(String);
+
+impl ConfigError {
+    fn key(key: &str, problem: impl fmt::Display) -> Self {
+        ConfigError(format!("invalid configuration `{key}`: {problem}"))
+    }
+}
+
+/// The validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Address the HTTP server binds; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// `sqlite://PATH` or `postgres://…`; may hold a password, so it is a secret.
+    pub database_url: SecretString,
+    /// `iss` claim of every token.
+    pub issuer: String,
+    /// Audiences accepted when verifying; tokens are issued for the first.
+    pub audience: Vec<String>,
+    /// Lifetime of access tokens.
+    pub access_ttl: Duration,
+    /// Lifetime of each refresh token from its issue.
+    pub refresh_ttl: Duration,
+    /// Absolute cap on a session, however often it refreshes.
+    pub session_max_lifetime: Option<Duration>,
+    /// How long after a rotation the previous refresh token still returns the same successor.
+    pub refresh_reuse_grace: Duration,
+    /// Clock skew allowed when verifying.
+    pub leeway: Duration,
+    /// Token signing.
+    pub signing: SigningConfig,
+    /// Password hashing and policy.
+    pub password: PasswordConfig,
+    /// Whether anyone may register.
+    pub registration: Registration,
+    /// Sessions a user may hold at once; the least recently used ends beyond it.
+    pub max_sessions_per_user: u32,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// `signing.*`
+#[derive(Clone, Debug)]
+pub struct SigningConfig {
+    /// The one algorithm tokens are signed and verified with.
+    pub algorithm: Algorithm,
+    /// HS256 only: the current secret.
+    pub secret: Option<SecretString>,
+    /// HS256 only: older secrets that still verify during a rotation.
+    pub previous_secrets: Vec<SecretString>,
+}
+
+/// `password.*`
+#[derive(Clone, Debug, Serialize)]
+pub struct PasswordConfig {
+    /// Argon2id memory cost in KiB.
+    pub memory_kib: u32,
+    /// Argon2id iterations.
+    pub iterations: u32,
+    /// Argon2id lanes.
+    pub parallelism: u32,
+    /// Shortest accepted password, in characters.
+    pub min_length: usize,
+    /// Longest accepted password, in characters (also enforced at login).
+    pub max_length: usize,
+    /// Hashes computed at once; more wait their turn.
+    pub max_concurrent_hashes: usize,
+}
+
+/// `registration`
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Registration {
+    /// Anyone may register.
+    Open,
+    /// Only admins and the CLI create users.
+    Closed,
+}
+
+/// `log.*`
+#[derive(Clone, Debug, Serialize)]
+pub struct LogConfig {
+    /// Output format.
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `keygate=debug,info`.
+    pub level: String,
+}
+
+/// `log.format`
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Pretty on a terminal, JSON otherwise.
+    Auto,
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Where the configuration comes from, besides defaults and the environment.
+#[derive(Debug, Default, Clone)]
+pub struct Sources {
+    /// `--config FILE`; without it `keygate.toml` is read when present.
+    pub file: Option<PathBuf>,
+    /// Values from command-line flags, as dotted keys, e.g. `("listen", "0.0.0.0:80")`.
+    pub flags: Vec<(String, String)>,
+    /// Read `KEYGATE_*` variables (turned off by tests that must not see the environment).
+    pub environment: bool,
+}
+
+impl Config {
+    /// Loads and validates the configuration from `sources`.
+    pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
+        let mut figment = Figment::new();
+        match &sources.file {
+            Some(path) => {
+                if !path.exists() {
+                    return Err(ConfigError(format!(
+                        "configuration file {} does not exist: check the --config path",
+                        path.display()
+                    )));
+                }
+                figment = figment.merge(Toml::file_exact(path));
+            }
+            None => {
+                if Path::new(DEFAULT_CONFIG_FILE).exists() {
+                    figment = figment.merge(Toml::file_exact(DEFAULT_CONFIG_FILE));
+                }
+            }
+        }
+        if sources.environment {
+            figment = figment.merge(
+                Env::prefixed("KEYGATE_")
+                    .split("__")
+                    // `KEYGATE_CONFIG` names the file; `KEYGATE_TEST_*` belong to the test suite.
+                    .filter(|k| k != "config" && !k.as_str().starts_with("test_")),
+            );
+        }
+        for (key, value) in &sources.flags {
+            figment = figment.merge(Serialized::global(key.as_str(), value.as_str()));
+        }
+        Self::from_figment(figment)
+    }
+
+    /// Parses a TOML document on its own (no environment, no file), for tests and embedding.
+    pub fn from_toml(toml: &str) -> Result<Config, ConfigError> {
+        Self::from_figment(Figment::from(Toml::string(toml)))
+    }
+
+    fn from_figment(figment: Figment) -> Result<Config, ConfigError> {
+        let raw: RawConfig = figment.extract().map_err(|e| {
+            // Figment's message names the key and the source; never echo a value.
+            let mut msg = format!("invalid configuration: {}", e.kind);
+            if !e.path.is_empty() {
+                msg = format!("invalid configuration `{}`: {}", e.path.join("."), e.kind);
+            }
+            if let Some(meta) = &e.metadata {
+                msg.push_str(&format!(" (from {})", meta.name));
+            }
+            ConfigError(msg)
+        })?;
+        Config::try_from(raw)
+    }
+
+    /// The effective configuration as TOML with every secret replaced by `[redacted]`.
+    pub fn redacted(&self) -> String {
+        let view = RedactedView {
+            listen: self.listen.to_string(),
+            database_url: redact_url(self.database_url.expose_secret()),
+            issuer: &self.issuer,
+            audience: &self.audience,
+            access_ttl: format_duration(self.access_ttl),
+            refresh_ttl: format_duration(self.refresh_ttl),
+            session_max_lifetime: self.session_max_lifetime.map(format_duration),
+            refresh_reuse_grace: format_duration(self.refresh_reuse_grace),
+            leeway: format_duration(self.leeway),
+            registration: self.registration,
+            max_sessions_per_user: self.max_sessions_per_user,
+            signing: RedactedSigning {
+                algorithm: algorithm_name(self.signing.algorithm),
+                secret: self.signing.secret.as_ref().map(|_| "[redacted]"),
+                previous_secrets: self
+                    .signing
+                    .previous_secrets
+                    .iter()
+                    .map(|_| "[redacted]")
+                    .collect(),
+            },
+            password: &self.password,
+            log: &self.log,
+        };
+        toml::to_string(&view).unwrap_or_else(|_| String::from("# could not render\n"))
+    }
+
+    /// Whether the database is PostgreSQL (otherwise SQLite).
+    pub fn is_postgres(&self) -> bool {
+        let url = self.database_url.expose_secret();
+        url.starts_with("postgres://") || url.starts_with("postgresql://")
+    }
+}
+
+/// The configuration name of an algorithm.
+pub fn algorithm_name(alg: Algorithm) -> &'static str {
+    match alg {
+        Algorithm::EdDSA => "EdDSA",
+        Algorithm::ES256 => "ES256",
+        Algorithm::RS256 => "RS256",
+        Algorithm::HS256 => "HS256",
+        _ => "unsupported",
+    }
+}
+
+#[derive(Serialize)]
+struct RedactedView<'a> {
+    listen: String,
+    database_url: String,
+    issuer: &'a str,
+    audience: &'a [String],
+    access_ttl: String,
+    refresh_ttl: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    session_max_lifetime: Option<String>,
+    refresh_reuse_grace: String,
+    leeway: String,
+    registration: Registration,
+    max_sessions_per_user: u32,
+    signing: RedactedSigning,
+    password: &'a PasswordConfig,
+    log: &'a LogConfig,
+}
+
+#[derive(Serialize)]
+struct RedactedSigning {
+    algorithm: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    secret: Option<&'static str>,
+    previous_secrets: Vec<&'static str>,
+}
+
+/// Hides the password in `scheme://user:password@host/…`.
+fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:[redacted]@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+/// The sources' shape: every key optional, unknown keys refused.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: Option<Text>,
+    database_url: Option<Text>,
+    issuer: Option<Text>,
+    audience: Option<TextList>,
+    access_ttl: Option<Text>,
+    refresh_ttl: Option<Text>,
+    session_max_lifetime: Option<Text>,
+    refresh_reuse_grace: Option<Text>,
+    leeway: Option<Text>,
+    #[serde(default)]
+    signing: RawSigning,
+    #[serde(default)]
+    password: RawPassword,
+    registration: Option<Text>,
+    max_sessions_per_user: Option<Text>,
+    #[serde(default)]
+    log: RawLog,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSigning {
+    algorithm: Option<Text>,
+    secret: Option<Text>,
+    previous_secrets: Option<TextList>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPassword {
+    memory_kib: Option<Text>,
+    iterations: Option<Text>,
+    parallelism: Option<Text>,
+    min_length: Option<Text>,
+    max_length: Option<Text>,
+    max_concurrent_hashes: Option<Text>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    format: Option<Text>,
+    level: Option<Text>,
+}
+
+/// A scalar written as a string, number or boolean (the environment and flags give strings,
+/// TOML gives typed values); parsed later by the key that knows its meaning.
+#[derive(Debug, Clone)]
+struct Text(String);
+
+impl<'de> Deserialize<'de> for Text {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Text;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string, number or boolean")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Text, E> {
+                Ok(Text(v.to_owned()))
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<Text, E> {
+                Ok(Text(v.to_string()))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Text, E> {
+                Ok(Text(v.to_string()))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Text, E> {
+                Ok(Text(v.to_string()))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Text, E> {
+                Ok(Text(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A list written as an array, or in the environment as a comma-separated string.
+#[derive(Debug, Clone)]
+struct TextList(Vec<String>);
+
+impl<'de> Deserialize<'de> for TextList {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            List(Vec<Text>),
+            One(Text),
+        }
+        Ok(match Either::deserialize(d)? {
+            Either::List(items) => TextList(items.into_iter().map(|t| t.0).collect()),
+            Either::One(t) => TextList(
+                t.0.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+            ),
+        })
+    }
+}
+
+fn text(v: Option<Text>, default: &str) -> String {
+    v.map(|t| t.0).unwrap_or_else(|| default.to_owned())
+}
+
+fn number<T: std::str::FromStr>(key: &str, v: Option<Text>, default: T) -> Result<T, ConfigError> {
+    match v {
+        None => Ok(default),
+        Some(t) => {
+            t.0.trim()
+                .parse()
+                .map_err(|_| ConfigError::key(key, "expected a whole number"))
+        }
+    }
+}
+
+fn duration(key: &str, v: Option<Text>, default: &str) -> Result<Duration, ConfigError> {
+    let s = text(v, default);
+    parse_duration(&s).ok_or_else(|| {
+        ConfigError::key(
+            key,
+            "expected a duration such as `10s`, `15m`, `12h` or `30d` (or `0`)",
+        )
+    })
+}
+
+fn positive_duration(key: &str, v: Option<Text>, default: &str) -> Result<Duration, ConfigError> {
+    let d = duration(key, v, default)?;
+    if d.is_zero() {
+        return Err(ConfigError::key(
+            key,
+            format!("must be longer than zero (the default is `{default}`)"),
+        ));
+    }
+    Ok(d)
+}
+
+/// Parses `0` or a whole number followed by one unit: `ms`, `s`, `m`, `h`, `d`, `w`.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    if s == "0" {
+        return Some(Duration::ZERO);
+    }
+    let split = s.find(|c: char| !c.is_ascii_digit())?;
+    let (digits, unit) = s.split_at(split);
+    let n: u64 = digits.parse().ok()?;
+    let secs = match unit {
+        "ms" => return Some(Duration::from_millis(n)),
+        "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        "w" => 604_800,
+        _ => return None,
+    };
+    n.checked_mul(secs).map(Duration::from_secs)
+}
+
+/// The shortest exact rendering of `d` in the syntax [`parse_duration`] reads.
+pub fn format_duration(d: Duration) -> String {
+    if d.is_zero() {
+        return "0".to_owned();
+    }
+    if d.subsec_nanos() != 0 {
+        return format!("{}ms", d.as_millis());
+    }
+    let s = d.as_secs();
+    for (unit, size) in [("w", 604_800), ("d", 86_400), ("h", 3_600), ("m", 60)] {
+        if s % size == 0 {
+            return format!("{}{unit}", s / size);
+        }
+    }
+    format!("{s}s")
+}
+
+impl TryFrom<RawConfig> for Config {
+    type Error = ConfigError;
+
+    fn try_from(raw: RawConfig) -> Result<Config, ConfigError> {
+        let listen_text = text(raw.listen, "127.0.0.1:8080");
+        let listen: SocketAddr = listen_text.trim().parse().map_err(|_| {
+            ConfigError::key(
+                "listen",
+                "expected an address and port such as `127.0.0.1:8080`",
+            )
+        })?;
+
+        let database_url = text(raw.database_url, "sqlite://keygate.db");
+        let db = database_url.trim();
+        if !(db.starts_with("sqlite:")
+            || db.starts_with("postgres://")
+            || db.starts_with("postgresql://"))
+        {
+            return Err(ConfigError::key(
+                "database_url",
+                "expected `sqlite://PATH` or `postgres://USER@HOST/DATABASE`",
+            ));
+        }
+
+        let issuer = text(raw.issuer, "http://127.0.0.1:8080");
+        if !(issuer.starts_with("http://") || issuer.starts_with("https://"))
+            || issuer.len() <= "https://".len()
+            || issuer.contains(char::is_whitespace)
+        {
+            return Err(ConfigError::key(
+                "issuer",
+                "expected an absolute http(s) URL such as `https://auth.example.com`",
+            ));
+        }
+
+        let audience = raw
+            .audience
+            .map(|l| l.0)
+            .unwrap_or_else(|| vec!["keygate".to_owned()]);
+        if audience.is_empty() || audience.iter().any(|a| a.trim().is_empty()) {
+            return Err(ConfigError::key(
+                "audience",
+                "give at least one non-empty audience",
+            ));
+        }
+
+        let access_ttl = positive_duration("access_ttl", raw.access_ttl, "15m")?;
+        let refresh_ttl = positive_duration("refresh_ttl", raw.refresh_ttl, "30d")?;
+        let session_max_lifetime = match raw.session_max_lifetime {
+            None => None,
+            Some(t) => Some(positive_duration("session_max_lifetime", Some(t), "30d")?),
+        };
+        let refresh_reuse_grace = duration("refresh_reuse_grace", raw.refresh_reuse_grace, "10s")?;
+        if refresh_reuse_grace > Duration::from_secs(300) {
+            return Err(ConfigError::key(
+                "refresh_reuse_grace",
+                "at most `5m`: a long window lets a stolen token be replayed",
+            ));
+        }
+        let leeway = duration("leeway", raw.leeway, "30s")?;
+        if leeway > Duration::from_secs(300) {
+            return Err(ConfigError::key("leeway", "at most `5m`"));
+        }
+
+        let signing = signing(raw.signing)?;
+        let password = password(raw.password)?;
+
+        let registration = match text(raw.registration, "open").as_str() {
+            "open" => Registration::Open,
+            "closed" => Registration::Closed,
+            _ => {
+                return Err(ConfigError::key(
+                    "registration",
+                    "expected `open` or `closed`",
+                ));
+            }
+        };
+        let max_sessions_per_user =
+            number("max_sessions_per_user", raw.max_sessions_per_user, 20u32)?;
+        if max_sessions_per_user == 0 {
+            return Err(ConfigError::key(
+                "max_sessions_per_user",
+                "must be at least 1",
+            ));
+        }
+
+        let log = LogConfig {
+            format: match raw.log.format.map(|t| t.0).as_deref() {
+                None | Some("auto") => LogFormat::Auto,
+                Some("pretty") => LogFormat::Pretty,
+                Some("json") => LogFormat::Json,
+                Some(_) => {
+                    return Err(ConfigError::key(
+                        "log.format",
+                        "expected `pretty`, `json` or `auto`",
+                    ));
+                }
+            },
+            level: text(raw.log.level, "info"),
+        };
+        if tracing_subscriber::EnvFilter::try_new(&log.level).is_err() {
+            return Err(ConfigError::key(
+                "log.level",
+                "expected a filter such as `info` or `keygate=debug`",
+            ));
+        }
+
+        Ok(Config {
+            listen,
+            database_url: SecretString::from(db.to_owned()),
+            issuer,
+            audience,
+            access_ttl,
+            refresh_ttl,
+            session_max_lifetime,
+            refresh_reuse_grace,
+            leeway,
+            signing,
+            password,
+            registration,
+            max_sessions_per_user,
+            log,
+        })
+    }
+}
+
+fn signing(raw: RawSigning) -> Result<SigningConfig, ConfigError> {
+    let name = text(raw.algorithm, "EdDSA");
+    let algorithm = keygate_verify::parse_algorithm(&name).map_err(|_| {
+        ConfigError::key(
+            "signing.algorithm",
+            "expected `EdDSA`, `ES256`, `RS256` or `HS256`",
+        )
+    })?;
+    let secret = raw.secret.map(|t| SecretString::from(t.0));
+    let previous_secrets: Vec<SecretString> = raw
+        .previous_secrets
+        .map(|l| l.0.into_iter().map(SecretString::from).collect())
+        .unwrap_or_default();
+    if algorithm == Algorithm::HS256 {
+        let Some(secret) = &secret else {
+            return Err(ConfigError::key(
+                "signing.secret",
+                "HS256 needs a secret of at least 32 bytes (set KEYGATE_SIGNING__SECRET)",
+            ));
+        };
+        if secret.expose_secret().len() < 32 {
+            return Err(ConfigError::key(
+                "signing.secret",
+                "an HS256 secret must be at least 32 bytes; generate one with `openssl rand -base64 48`",
+            ));
+        }
+        if previous_secrets
+            .iter()
+            .any(|s| s.expose_secret().len() < 32)
+        {
+            return Err(ConfigError::key(
+                "signing.previous_secrets",
+                "every previous secret must be at least 32 bytes",
+            ));
+        }
+    } else if secret.is_some() || !previous_secrets.is_empty() {
+        return Err(ConfigError::key(
+            "signing.secret",
+            format!(
+                "only used with HS256; remove it or set signing.algorithm = \"HS256\" (now `{name}`)"
+            ),
+        ));
+    }
+    Ok(SigningConfig {
+        algorithm,
+        secret,
+        previous_secrets,
+    })
+}
+
+fn password(raw: RawPassword) -> Result<PasswordConfig, ConfigError> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cfg = PasswordConfig {
+        memory_kib: number("password.memory_kib", raw.memory_kib, MIN_ARGON2_MEMORY_KIB)?,
+        iterations: number("password.iterations", raw.iterations, MIN_ARGON2_ITERATIONS)?,
+        parallelism: number("password.parallelism", raw.parallelism, 1u32)?,
+        min_length: number("password.min_length", raw.min_length, 8usize)?,
+        max_length: number("password.max_length", raw.max_length, 256usize)?,
+        max_concurrent_hashes: number(
+            "password.max_concurrent_hashes",
+            raw.max_concurrent_hashes,
+            cores,
+        )?,
+    };
+    if cfg.memory_kib < MIN_ARGON2_MEMORY_KIB || cfg.memory_kib > 4 * 1024 * 1024 {
+        return Err(ConfigError::key(
+            "password.memory_kib",
+            format!("must be between {MIN_ARGON2_MEMORY_KIB} (OWASP's minimum) and 4194304"),
+        ));
+    }
+    if cfg.iterations < MIN_ARGON2_ITERATIONS || cfg.iterations > 100 {
+        return Err(ConfigError::key(
+            "password.iterations",
+            format!("must be between {MIN_ARGON2_ITERATIONS} and 100"),
+        ));
+    }
+    if cfg.parallelism == 0 || cfg.parallelism > 64 {
+        return Err(ConfigError::key(
+            "password.parallelism",
+            "must be between 1 and 64",
+        ));
+    }
+    if cfg.min_length < 8 {
+        return Err(ConfigError::key(
+            "password.min_length",
+            "must be at least 8",
+        ));
+    }
+    if cfg.max_length < cfg.min_length || cfg.max_length > 1024 {
+        return Err(ConfigError::key(
+            "password.max_length",
+            "must be at least password.min_length and at most 1024",
+        ));
+    }
+    if cfg.max_concurrent_hashes == 0 {
+        return Err(ConfigError::key(
+            "password.max_concurrent_hashes",
+            "must be at least 1",
+        ));
+    }
+    Ok(cfg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_operations_md() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.database_url.expose_secret(), "sqlite://keygate.db");
+        assert_eq!(c.issuer, "http://127.0.0.1:8080");
+        assert_eq!(c.audience, vec!["keygate"]);
+        assert_eq!(c.access_ttl, Duration::from_secs(900));
+        assert_eq!(c.refresh_ttl, Duration::from_secs(30 * 86_400));
+        assert_eq!(c.refresh_reuse_grace, Duration::from_secs(10));
+        assert_eq!(c.leeway, Duration::from_secs(30));
+        assert_eq!(c.signing.algorithm, Algorithm::EdDSA);
+        assert_eq!(c.password.memory_kib, 19_456);
+        assert_eq!(c.password.iterations, 2);
+        assert_eq!(c.password.parallelism, 1);
+        assert_eq!(c.max_sessions_per_user, 20);
+        assert_eq!(c.registration, Registration::Open);
+        assert!(c.session_max_lifetime.is_none());
+    }
+
+    #[test]
+    fn durations_parse_and_render() {
+        assert_eq!(parse_duration("0"), Some(Duration::ZERO));
+        assert_eq!(parse_duration("15m"), Some(Duration::from_secs(900)));
+        assert_eq!(parse_duration("30d"), Some(Duration::from_secs(2_592_000)));
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        for bad in ["", "m", "15", "15 m", "-1s", "1.5h", "15min"] {
+            assert_eq!(parse_duration(bad), None, "{bad}");
+        }
+        assert_eq!(format_duration(Duration::from_secs(900)), "15m");
+        assert_eq!(format_duration(Duration::from_secs(2_592_000)), "30d");
+        assert_eq!(format_duration(Duration::from_secs(61)), "61s");
+    }
+
+    fn err(toml: &str) -> String {
+        Config::from_toml(toml).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn invalid_values_name_the_key_and_the_fix() {
+        let e = err("access_ttl = \"0\"");
+        assert!(
+            e.contains("`access_ttl`") && e.contains("longer than zero"),
+            "{e}"
+        );
+        let e = err("refresh_ttl = \"soon\"");
+        assert!(e.contains("`refresh_ttl`") && e.contains("15m"), "{e}");
+        let e = err("signing.algorithm = \"HS256\"\nsigning.secret = \"short\"");
+        assert!(
+            e.contains("`signing.secret`") && e.contains("32 bytes"),
+            "{e}"
+        );
+        assert!(!e.contains("short"), "the secret must not be echoed: {e}");
+        let e = err("signing.algorithm = \"HS256\"");
+        assert!(e.contains("`signing.secret`"), "{e}");
+        let e = err("issuer = \"not a url\"");
+        assert!(e.contains("`issuer`"), "{e}");
+        let e = err("database_url = \"mysql://x\"");
+        assert!(e.contains("`database_url`"), "{e}");
+        let e = err("listen = \"nowhere\"");
+        assert!(e.contains("`listen`"), "{e}");
+        let e = err("password.memory_kib = 1024");
+        assert!(e.contains("`password.memory_kib`"), "{e}");
+        let e = err("signing.algorithm = \"none\"");
+        assert!(e.contains("`signing.algorithm`"), "{e}");
+    }
+
+    #[test]
+    fn unknown_keys_are_an_error() {
+        let e = err("lisen = \"127.0.0.1:1\"");
+        assert!(e.contains("lisen"), "{e}");
+        let e = err("[signing]\nalgo = \"EdDSA\"");
+        assert!(e.contains("algo"), "{e}");
+    }
+
+    #[test]
+    fn hs256_with_a_long_secret_is_accepted_and_redacted() {
+        let c = Config::from_toml(
+            "signing.algorithm = \"HS256\"\nsigning.secret = \"0123456789abcdef0123456789abcdef-top\"\n\
+             database_url = \"postgres://kg:hunter2@db/keygate\"",
+        )
+        .unwrap();
+        let shown = c.redacted();
+        assert!(!shown.contains("0123456789abcdef"), "{shown}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(
+            shown.contains("postgres://kg:[redacted]@db/keygate"),
+            "{shown}"
+        );
+        assert!(shown.contains("secret = \"[redacted]\""), "{shown}");
+    }
+
+    #[test]
+    fn lists_accept_arrays_and_comma_separated_strings() {
+        let c = Config::from_toml("audience = [\"a\", \"b\"]").unwrap();
+        assert_eq!(c.audience, vec!["a", "b"]);
+        let c = Config::from_toml("audience = \"a, b\"").unwrap();
+        assert_eq!(c.audience, vec!["a", "b"]);
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.toml");
+        std::fs::write(&path, "listen = \"127.0.0.1:9000\"\naccess_ttl = \"5m\"").unwrap();
+        let c = Config::load(&Sources {
+            file: Some(path),
+            flags: vec![("listen".into(), "127.0.0.1:9100".into())],
+            environment: false,
+        })
+        .unwrap();
+        assert_eq!(c.listen.port(), 9100);
+        assert_eq!(c.access_ttl, Duration::from_secs(300));
+    }
+}

@@ -1,0 +1,135 @@
+//! Extractors that reject in the contract's format.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts};
+use axum::http::header;
+use axum::http::request::Parts;
+
+use super::AppState;
+use super::error::ApiError;
+use crate::auth::{Principal, TokenProblem};
+use crate::domain::ClientInfo;
+
+/// `axum::Json` whose rejections are [`ApiError`]s (400, 413, 415).
+#[derive(Debug, FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub(crate) struct Json<T>(pub T);
+
+/// The bearer token of the `Authorization` header, if any. A header that is present but not
+/// `Bearer <token>` is an invalid token, never treated as anonymous.
+pub(crate) fn bearer(parts: &Parts) -> Result<Option<&str>, ApiError> {
+    let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let invalid = ApiError::InvalidToken(TokenProblem::Invalid);
+    let value = value.to_str().map_err(|_| invalid.clone())?;
+    let (scheme, token) = value.split_once(' ').ok_or(invalid.clone())?;
+    if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+        return Err(invalid);
+    }
+    Ok(Some(token.trim()))
+}
+
+/// An authenticated caller (401 otherwise).
+#[derive(Debug, Clone)]
+pub(crate) struct AuthUser(pub Principal);
+
+impl FromRequestParts<Arc<AppState>> for AuthUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, ApiError> {
+        let token = bearer(parts)?;
+        let principal = state.auth.authenticate(token).await?;
+        Ok(AuthUser(principal))
+    }
+}
+
+/// The raw bearer token, unverified (for logout, which verifies it itself).
+#[derive(Debug, Clone)]
+pub(crate) struct MaybeBearer(pub Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for MaybeBearer {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        Ok(MaybeBearer(bearer(parts)?.map(str::to_owned)))
+    }
+}
+
+/// The longest user agent kept on a session.
+const MAX_USER_AGENT: usize = 512;
+
+/// Client IP and user agent. The IP is the socket peer (proxies come with rate limiting).
+#[derive(Debug, Clone)]
+pub(crate) struct Client(pub ClientInfo);
+
+impl<S: Send + Sync> FromRequestParts<S> for Client {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let ip = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(addr)| addr.ip().to_string());
+        let user_agent = parts
+            .headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|ua| ua.chars().take(MAX_USER_AGENT).collect());
+        Ok(Client(ClientInfo { ip, user_agent }))
+    }
+}
+
+/// A JSON body that may be absent: an empty body gives `T::default()`. A present body must be
+/// JSON (415 otherwise) and well-formed (400).
+#[derive(Debug, Clone)]
+pub(crate) struct OptionalJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for OptionalJson<T>
+where
+    S: Send + Sync,
+    T: serde::de::DeserializeOwned + Default,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        let is_json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|mime| {
+                let mime = mime.trim();
+                mime.eq_ignore_ascii_case("application/json")
+                    || (mime.starts_with("application/") && mime.ends_with("+json"))
+            });
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|r| {
+                if r.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::PayloadTooLarge
+                } else {
+                    ApiError::BadRequest("Could not read the request body")
+                }
+            })?;
+        if bytes.is_empty() {
+            return Ok(OptionalJson(T::default()));
+        }
+        if !is_json {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        serde_json::from_slice(&bytes)
+            .map(OptionalJson)
+            .map_err(|e| match e.classify() {
+                serde_json::error::Category::Data => ApiError::BadRequest(
+                    "JSON of the wrong shape: expected an object with string fields",
+                ),
+                _ => ApiError::BadRequest("Malformed JSON"),
+            })
+    }
+}

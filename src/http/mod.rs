@@ -1,0 +1,125 @@
+//! The HTTP front end: every route on one screen, the error model, extractors and handlers.
+
+mod account;
+pub mod error;
+mod extract;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderName, HeaderValue, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+pub use error::ApiError;
+
+use crate::auth::Auth;
+
+/// Shared state of every handler.
+#[derive(Debug)]
+pub struct AppState {
+    /// The use cases.
+    pub auth: Auth,
+}
+
+/// Largest request body (API.md: 16 KiB).
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+/// Largest single header value (a bearer token is far smaller).
+pub const MAX_HEADER_BYTES: usize = 8 * 1024;
+/// Largest total of all header names and values.
+pub const MAX_HEADERS_TOTAL_BYTES: usize = 32 * 1024;
+
+/// The whole HTTP API.
+pub fn router(state: Arc<AppState>) -> Router {
+    let request_id = HeaderName::from_static("x-request-id");
+    Router::new()
+        .route("/auth/register", post(account::register))
+        .route("/auth/login", post(account::login))
+        .route("/auth/refresh", post(account::refresh))
+        .route("/auth/logout", post(account::logout))
+        .route("/auth/me", get(account::me).patch(account::update_me))
+        .route("/auth/password", post(account::change_password))
+        .route("/auth/sessions", get(account::sessions))
+        .route("/auth/sessions/{id}", delete(account::end_session))
+        .route("/.well-known/jwks.json", get(jwks))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(not_found)
+        .method_not_allowed_fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(limit_headers))
+        .layer(CatchPanicLayer::custom(|_| {
+            ApiError::internal("a request handler panicked").into_response()
+        }))
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+            let id = req
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            // The path only: query strings may carry tokens.
+            tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+        }))
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .with_state(state)
+}
+
+/// Unknown routes and methods: 404 `not_found` in the contract's format.
+async fn not_found() -> ApiError {
+    ApiError::NotFound
+}
+
+/// 431 for oversized headers, before any handler (or token parser) sees them.
+async fn limit_headers(req: Request, next: Next) -> Response {
+    let mut total = 0;
+    for (name, value) in req.headers() {
+        let len = value.len();
+        total += name.as_str().len() + len;
+        if len > MAX_HEADER_BYTES || total > MAX_HEADERS_TOTAL_BYTES {
+            return ApiError::HeadersTooLarge.into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// How long resource servers may cache the JWKS. Short enough that a key published ahead of
+/// its use (rotation) is seen before it signs.
+const JWKS_MAX_AGE: Duration = Duration::from_secs(300);
+
+async fn jwks(State(state): State<Arc<AppState>>) -> Response {
+    let body = state.auth.keys().jwks_json().to_owned();
+    let cache = format!("public, max-age={}", JWKS_MAX_AGE.as_secs());
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            ),
+            (
+                header::CACHE_CONTROL,
+                HeaderValue::from_str(&cache).unwrap_or(HeaderValue::from_static("no-cache")),
+            ),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn healthz() -> impl IntoResponse {
+    axum::Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    if state.auth.store().ping().await {
+        axum::Json(serde_json::json!({ "status": "ready", "database": "ok" })).into_response()
+    } else {
+        ApiError::Unavailable(1).into_response()
+    }
+}

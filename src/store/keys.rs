@@ -1,0 +1,74 @@
+//! The `signing_keys` aggregate.
+
+use super::{Store, StoreError, on_pool};
+use crate::clock::{from_millis, to_millis};
+use crate::token::StoredKey;
+use secrecy::{ExposeSecret as _, SecretString};
+
+#[derive(sqlx::FromRow)]
+struct KeyRow {
+    kid: String,
+    algorithm: String,
+    private_key: String,
+    created_at: i64,
+}
+
+impl From<KeyRow> for StoredKey {
+    fn from(r: KeyRow) -> Self {
+        StoredKey {
+            kid: r.kid,
+            algorithm: r.algorithm,
+            private_pem: SecretString::from(r.private_key),
+            created_at: from_millis(r.created_at),
+        }
+    }
+}
+
+impl Store {
+    /// The active signing key for `algorithm`, if there is one.
+    pub async fn active_key(&self, algorithm: &str) -> Result<Option<StoredKey>, StoreError> {
+        let row: Option<KeyRow> = on_pool!(self, read, |pool| {
+            sqlx::query_as(
+                "select kid, algorithm, private_key, created_at from signing_keys \
+                 where algorithm = $1 and state = 'active'",
+            )
+            .bind(algorithm)
+            .fetch_optional(pool)
+            .await?
+        });
+        Ok(row.map(StoredKey::from))
+    }
+
+    /// Stores `key` as the active key unless another is already active for its algorithm.
+    /// Returns whether it was stored; either way, read [`Store::active_key`] afterwards.
+    pub async fn insert_active_key_if_absent(&self, key: &StoredKey) -> Result<bool, StoreError> {
+        let done = on_pool!(self, write, |pool| {
+            sqlx::query(
+                "insert into signing_keys (kid, algorithm, private_key, state, created_at) \
+                 values ($1, $2, $3, 'active', $4) on conflict do nothing",
+            )
+            .bind(&key.kid)
+            .bind(&key.algorithm)
+            .bind(key.private_pem.expose_secret())
+            .bind(to_millis(key.created_at))
+            .execute(pool)
+            .await?
+            .rows_affected()
+        });
+        Ok(done == 1)
+    }
+
+    /// Keys that still verify but no longer sign (retired) or do not sign yet (next).
+    pub async fn verifying_keys(&self, algorithm: &str) -> Result<Vec<StoredKey>, StoreError> {
+        let rows: Vec<KeyRow> = on_pool!(self, read, |pool| {
+            sqlx::query_as(
+                "select kid, algorithm, private_key, created_at from signing_keys \
+                 where algorithm = $1 and state in ('next', 'retired') order by created_at",
+            )
+            .bind(algorithm)
+            .fetch_all(pool)
+            .await?
+        });
+        Ok(rows.into_iter().map(StoredKey::from).collect())
+    }
+}

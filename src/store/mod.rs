@@ -1,0 +1,199 @@
+//! Persistence: users, sessions (with their refresh-token family) and signing keys.
+//!
+//! One [`Store`] over two concrete backends, SQLite and PostgreSQL, never `sqlx::Any`. The SQL
+//! is portable (numbered `$1` placeholders, `bigint` millisecond timestamps, text ids, JSON text
+//! for lists), written once per query and run on whichever pool the store holds through the
+//! [`on_pool!`] macro. Nothing outside this module sees a pool, a row or a database error.
+
+mod keys;
+mod sessions;
+mod users;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use secrecy::ExposeSecret as _;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+pub use sessions::{NewSession, Rotation, SessionRecord};
+pub use users::{NewUser, StoredHash, UserRecord};
+
+use crate::config::Config;
+
+/// Store failures. Messages never include values: they can be secrets.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A unique column already holds the value (`email` or `username`).
+    #[error("{0} already taken")]
+    Conflict(&'static str),
+    /// The database could not be reached or is overloaded.
+    #[error("database unavailable")]
+    Unavailable(#[source] sqlx::Error),
+    /// Anything else the database said.
+    #[error("database error")]
+    Database(#[source] sqlx::Error),
+    /// Migrations failed.
+    #[error("database migration failed")]
+    Migrate(#[source] sqlx::migrate::MigrateError),
+    /// A row holds something this version cannot read.
+    #[error("corrupt row in {0}")]
+    Corrupt(&'static str),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_) => StoreError::Unavailable(e),
+            sqlx::Error::Database(db) if db.is_unique_violation() => {
+                // SQLite names the column ("UNIQUE constraint failed: users.email"),
+                // PostgreSQL the constraint ("users_email_key"): both contain the column.
+                let what = format!("{} {}", db.message(), db.constraint().unwrap_or(""));
+                if what.contains("username") {
+                    StoreError::Conflict("username")
+                } else if what.contains("email") {
+                    StoreError::Conflict("email")
+                } else {
+                    StoreError::Database(e)
+                }
+            }
+            _ => StoreError::Database(e),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Backend {
+    /// SQLite allows one writer at a time: writes go through a one-connection pool so they
+    /// queue in the process instead of failing with "database is locked".
+    Sqlite {
+        reader: SqlitePool,
+        writer: SqlitePool,
+    },
+    Postgres(PgPool),
+}
+
+/// The database. Cheap to clone (pools are reference-counted).
+#[derive(Debug, Clone)]
+pub struct Store {
+    backend: Backend,
+}
+
+/// Runs `$body` with `$pool` bound to the backend's pool (`read` or `write` for SQLite).
+macro_rules! on_pool {
+    ($store:expr, read, |$pool:ident| $body:expr) => {
+        match &$store.backend {
+            $crate::store::Backend::Sqlite { reader, .. } => {
+                let $pool = reader;
+                $body
+            }
+            $crate::store::Backend::Postgres(pg) => {
+                let $pool = pg;
+                $body
+            }
+        }
+    };
+    ($store:expr, write, |$pool:ident| $body:expr) => {
+        match &$store.backend {
+            $crate::store::Backend::Sqlite { writer, .. } => {
+                let $pool = writer;
+                $body
+            }
+            $crate::store::Backend::Postgres(pg) => {
+                let $pool = pg;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use on_pool;
+
+/// How long a request waits for a database connection before answering 503.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
+impl Store {
+    /// Opens the database named by `database_url` (creating a SQLite file if needed).
+    /// Does not migrate: call [`Store::migrate`].
+    pub async fn connect(cfg: &Config) -> Result<Store, StoreError> {
+        let url = cfg.database_url.expose_secret();
+        if cfg.is_postgres() {
+            let opts = PgConnectOptions::from_str(url).map_err(StoreError::Database)?;
+            let pool = PgPoolOptions::new()
+                .max_connections(16)
+                .min_connections(0)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .connect_lazy_with(opts);
+            return Ok(Store {
+                backend: Backend::Postgres(pool),
+            });
+        }
+        let opts = SqliteConnectOptions::from_str(url)
+            .map_err(StoreError::Database)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: a committed rotation survives power loss, so a client never holds a
+            // refresh token the database has forgotten.
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(5));
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(opts.clone())
+            .await?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(opts.read_only(true))
+            .await?;
+        Ok(Store {
+            backend: Backend::Sqlite { reader, writer },
+        })
+    }
+
+    /// Applies pending migrations (embedded in the binary).
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sqlite { writer, .. } => sqlx::migrate!("./migrations/sqlite")
+                .run(writer)
+                .await
+                .map_err(StoreError::Migrate),
+            Backend::Postgres(pg) => sqlx::migrate!("./migrations/postgres")
+                .run(pg)
+                .await
+                .map_err(StoreError::Migrate),
+        }
+    }
+
+    /// Whether the database answers a trivial query.
+    pub async fn ping(&self) -> bool {
+        on_pool!(self, read, |pool| sqlx::query("select 1")
+            .execute(pool)
+            .await
+            .is_ok())
+    }
+
+    /// Closes every connection (graceful shutdown).
+    pub async fn close(&self) {
+        match &self.backend {
+            Backend::Sqlite { reader, writer } => {
+                reader.close().await;
+                writer.close().await;
+            }
+            Backend::Postgres(pg) => pg.close().await,
+        }
+    }
+}
+
+fn json_list(text: &str, table: &'static str) -> Result<Vec<String>, StoreError> {
+    serde_json::from_str(text).map_err(|_| StoreError::Corrupt(table))
+}
+
+fn to_json_list(list: &[String]) -> String {
+    serde_json::to_string(list).unwrap_or_else(|_| "[]".to_owned())
+}

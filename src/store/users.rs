@@ -1,0 +1,231 @@
+//! The `users` aggregate.
+
+use std::fmt;
+
+use time::OffsetDateTime;
+
+use super::{Store, StoreError, json_list, on_pool, to_json_list};
+use crate::clock::{from_millis, to_millis};
+use crate::domain::{Email, UserId};
+
+/// A user as the rest of the server sees it: never with a password hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRecord {
+    /// Id.
+    pub id: UserId,
+    /// Normalised email.
+    pub email: String,
+    /// Normalised username.
+    pub username: Option<String>,
+    /// Display name.
+    pub name: Option<String>,
+    /// Roles.
+    pub roles: Vec<String>,
+    /// Permissions.
+    pub permissions: Vec<String>,
+    /// Whether the account may log in.
+    pub is_active: bool,
+    /// Creation time.
+    pub created_at: OffsetDateTime,
+    /// Last change.
+    pub updated_at: OffsetDateTime,
+}
+
+/// A stored password hash. Opaque outside the store: only the hasher reads it, through
+/// [`StoredHash::phc`], and it never prints.
+#[derive(Clone)]
+pub struct StoredHash(String);
+
+impl StoredHash {
+    /// The PHC string, for the password hasher.
+    pub fn phc(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for StoredHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("StoredHash([redacted])")
+    }
+}
+
+/// A user to create.
+#[derive(Debug, Clone)]
+pub struct NewUser {
+    /// Normalised email.
+    pub email: Email,
+    /// Normalised username.
+    pub username: Option<String>,
+    /// Display name.
+    pub name: Option<String>,
+    /// PHC hash of the password.
+    pub password_hash: String,
+    /// Roles.
+    pub roles: Vec<String>,
+    /// Permissions.
+    pub permissions: Vec<String>,
+}
+
+#[derive(sqlx::FromRow)]
+struct UserRow {
+    id: String,
+    email: String,
+    username: Option<String>,
+    name: Option<String>,
+    roles: String,
+    permissions: String,
+    is_active: bool,
+    created_at: i64,
+    updated_at: i64,
+}
+
+#[derive(sqlx::FromRow)]
+struct CredentialRow {
+    #[sqlx(flatten)]
+    user: UserRow,
+    password_hash: String,
+}
+
+const USER_COLUMNS: &str =
+    "id, email, username, name, roles, permissions, is_active, created_at, updated_at";
+
+impl TryFrom<UserRow> for UserRecord {
+    type Error = StoreError;
+
+    fn try_from(r: UserRow) -> Result<Self, StoreError> {
+        Ok(UserRecord {
+            id: UserId::parse(&r.id).ok_or(StoreError::Corrupt("users"))?,
+            email: r.email,
+            username: r.username,
+            name: r.name,
+            roles: json_list(&r.roles, "users")?,
+            permissions: json_list(&r.permissions, "users")?,
+            is_active: r.is_active,
+            created_at: from_millis(r.created_at),
+            updated_at: from_millis(r.updated_at),
+        })
+    }
+}
+
+impl Store {
+    /// Inserts a user; [`StoreError::Conflict`] names the taken column.
+    pub async fn insert_user(
+        &self,
+        new: NewUser,
+        now: OffsetDateTime,
+    ) -> Result<UserRecord, StoreError> {
+        let id = UserId::new();
+        let sql = format!(
+            "insert into users (id, email, username, name, password_hash, roles, permissions, \
+             is_active, created_at, updated_at) values ($1, $2, $3, $4, $5, $6, $7, true, $8, $8) \
+             returning {USER_COLUMNS}"
+        );
+        let row: UserRow = on_pool!(self, write, |pool| {
+            sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .bind(id.to_string())
+                .bind(new.email.as_str())
+                .bind(&new.username)
+                .bind(&new.name)
+                .bind(&new.password_hash)
+                .bind(to_json_list(&new.roles))
+                .bind(to_json_list(&new.permissions))
+                .bind(to_millis(now))
+                .fetch_one(pool)
+                .await?
+        });
+        row.try_into()
+    }
+
+    /// The user with this id.
+    pub async fn find_user(&self, id: UserId) -> Result<Option<UserRecord>, StoreError> {
+        let sql = format!("select {USER_COLUMNS} from users where id = $1");
+        let row: Option<UserRow> = on_pool!(self, read, |pool| {
+            sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .bind(id.to_string())
+                .fetch_optional(pool)
+                .await?
+        });
+        row.map(UserRecord::try_from).transpose()
+    }
+
+    /// The user whose normalised email or username is `login`, with the password hash.
+    pub async fn find_credentials(
+        &self,
+        login: &str,
+    ) -> Result<Option<(UserRecord, StoredHash)>, StoreError> {
+        let column = if login.contains('@') {
+            "email"
+        } else {
+            "username"
+        };
+        let sql = format!("select {USER_COLUMNS}, password_hash from users where {column} = $1");
+        let row: Option<CredentialRow> = on_pool!(self, read, |pool| {
+            sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .bind(login)
+                .fetch_optional(pool)
+                .await?
+        });
+        row.map(|r| Ok((r.user.try_into()?, StoredHash(r.password_hash))))
+            .transpose()
+    }
+
+    /// The password hash of the user with this id.
+    pub async fn password_hash(&self, id: UserId) -> Result<Option<StoredHash>, StoreError> {
+        let hash: Option<String> = on_pool!(self, read, |pool| {
+            sqlx::query_scalar("select password_hash from users where id = $1")
+                .bind(id.to_string())
+                .fetch_optional(pool)
+                .await?
+        });
+        Ok(hash.map(StoredHash))
+    }
+
+    /// Sets the profile fields that are `Some` (an inner `None` clears the field).
+    pub async fn update_profile(
+        &self,
+        id: UserId,
+        name: Option<Option<String>>,
+        username: Option<Option<String>>,
+        now: OffsetDateTime,
+    ) -> Result<Option<UserRecord>, StoreError> {
+        // `case when $n then new else old end` keeps one statement for every combination.
+        let sql = format!(
+            "update users set \
+               name = case when $2 then $3 else name end, \
+               username = case when $4 then $5 else username end, \
+               updated_at = $6 \
+             where id = $1 returning {USER_COLUMNS}"
+        );
+        let row: Option<UserRow> = on_pool!(self, write, |pool| {
+            sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .bind(id.to_string())
+                .bind(name.is_some())
+                .bind(name.flatten())
+                .bind(username.is_some())
+                .bind(username.flatten())
+                .bind(to_millis(now))
+                .fetch_optional(pool)
+                .await?
+        });
+        row.map(UserRecord::try_from).transpose()
+    }
+
+    /// Replaces the password hash.
+    pub async fn set_password_hash(
+        &self,
+        id: UserId,
+        hash: &str,
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        let done = on_pool!(self, write, |pool| {
+            sqlx::query("update users set password_hash = $2, updated_at = $3 where id = $1")
+                .bind(id.to_string())
+                .bind(hash)
+                .bind(to_millis(now))
+                .execute(pool)
+                .await?
+                .rows_affected()
+        });
+        Ok(done == 1)
+    }
+}

@@ -1,0 +1,552 @@
+//! Token material: signing keys and access tokens, and opaque refresh tokens.
+//!
+//! Access tokens are signed here and verified by `keygate-verify` (the one verifier).
+//! Refresh tokens are `<session id>.<secret>`: 256 random bits, only a SHA-256 of the secret is
+//! stored, and the successor handed out at a rotation is sealed under the predecessor's secret
+//! so a retry inside the grace window gets the same token back (see docs/ARCHITECTURE.md).
+
+use std::fmt;
+
+use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use aws_lc_rs::digest::{SHA256, digest};
+use aws_lc_rs::hkdf::{HKDF_SHA256, Salt};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use jsonwebtoken::jwk::{Jwk, PublicKeyUse, ThumbprintHash};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header};
+use keygate_verify::{ACCESS_TOKEN_TYPE, Audience, Claims, Verifier, VerifyError};
+use secrecy::{ExposeSecret, SecretString};
+use subtle::ConstantTimeEq as _;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::config::Config;
+use crate::domain::{SessionId, UserId};
+
+/// Failures handling key material. Never carries key bytes.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// Key generation failed.
+    #[error("could not generate a signing key")]
+    Generate,
+    /// A stored key could not be loaded.
+    #[error("stored signing key `{0}` could not be loaded")]
+    Load(String),
+    /// Signing failed.
+    #[error("could not sign a token")]
+    Sign,
+    /// The algorithm cannot be used with stored keys.
+    #[error("algorithm not supported here")]
+    Unsupported,
+}
+
+/// A signing key as stored: its id, algorithm and PKCS#8 PEM private key.
+#[derive(Clone)]
+pub struct StoredKey {
+    /// RFC 7638 thumbprint of the public key.
+    pub kid: String,
+    /// Configuration name of the algorithm (`EdDSA`, `ES256`, `RS256`).
+    pub algorithm: String,
+    /// PKCS#8 PEM. Secret.
+    pub private_pem: SecretString,
+    /// When the key was created.
+    pub created_at: OffsetDateTime,
+}
+
+impl fmt::Debug for StoredKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoredKey")
+            .field("kid", &self.kid)
+            .field("algorithm", &self.algorithm)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Generates a new key pair for `algorithm` and returns it ready to store.
+pub fn generate_key(algorithm: Algorithm, now: OffsetDateTime) -> Result<StoredKey, TokenError> {
+    use aws_lc_rs::encoding::AsDer as _;
+    use aws_lc_rs::rand::SystemRandom;
+    use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair};
+    let der: Vec<u8> = match algorithm {
+        // PKCS#8 v1: the form jsonwebtoken derives the public JWK from.
+        Algorithm::EdDSA => Ed25519KeyPair::generate_pkcs8v1(&SystemRandom::new())
+            .map_err(|_| TokenError::Generate)?
+            .as_ref()
+            .to_vec(),
+        Algorithm::ES256 => {
+            EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
+                .map_err(|_| TokenError::Generate)?
+                .as_ref()
+                .to_vec()
+        }
+        Algorithm::RS256 => aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048)
+            .and_then(|k| k.as_der())
+            .map_err(|_| TokenError::Generate)?
+            .as_ref()
+            .to_vec(),
+        _ => return Err(TokenError::Unsupported),
+    };
+    let pem = pem::encode(&pem::Pem::new("PRIVATE KEY", der));
+    let private_pem = SecretString::from(pem);
+    let loaded = LoadedKey::load(algorithm, "", &private_pem)?;
+    Ok(StoredKey {
+        kid: loaded.thumbprint()?,
+        algorithm: crate::config::algorithm_name(algorithm).to_owned(),
+        private_pem,
+        created_at: now,
+    })
+}
+
+struct LoadedKey {
+    encoding: EncodingKey,
+    jwk: Jwk,
+}
+
+impl LoadedKey {
+    fn load(algorithm: Algorithm, kid: &str, pem: &SecretString) -> Result<LoadedKey, TokenError> {
+        let bytes = pem.expose_secret().as_bytes();
+        let encoding = match algorithm {
+            Algorithm::EdDSA => EncodingKey::from_ed_pem(bytes),
+            Algorithm::ES256 => EncodingKey::from_ec_pem(bytes),
+            Algorithm::RS256 => EncodingKey::from_rsa_pem(bytes),
+            _ => return Err(TokenError::Unsupported),
+        }
+        .map_err(|_| TokenError::Load(kid.to_owned()))?;
+        let mut jwk = Jwk::from_encoding_key(&encoding, algorithm)
+            .map_err(|_| TokenError::Load(kid.to_owned()))?;
+        jwk.common.public_key_use = Some(PublicKeyUse::Signature);
+        if !kid.is_empty() {
+            jwk.common.key_id = Some(kid.to_owned());
+        }
+        Ok(LoadedKey { encoding, jwk })
+    }
+
+    fn thumbprint(&self) -> Result<String, TokenError> {
+        self.jwk
+            .thumbprint(ThumbprintHash::SHA256)
+            .map_err(|_| TokenError::Generate)
+    }
+}
+
+/// The keys in use: signs new access tokens and verifies presented ones.
+pub struct KeyRing {
+    algorithm: Algorithm,
+    signing_kid: Option<String>,
+    signing: EncodingKey,
+    verifier: Verifier,
+    jwks: String,
+    issuer: String,
+    audience: String,
+    access_ttl: i64,
+}
+
+impl fmt::Debug for KeyRing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyRing")
+            .field("algorithm", &self.algorithm)
+            .field("signing_kid", &self.signing_kid)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What goes into an access token besides the fixed claims.
+#[derive(Debug, Clone)]
+pub struct AccessGrant<'a> {
+    /// The user.
+    pub user_id: UserId,
+    /// The session.
+    pub session_id: SessionId,
+    /// Roles at issue time.
+    pub roles: &'a [String],
+    /// Permissions at issue time.
+    pub permissions: &'a [String],
+}
+
+impl KeyRing {
+    /// A key ring for HS256 from the configured secrets (no stored keys; JWKS empty).
+    pub fn hs256(cfg: &Config) -> Result<KeyRing, TokenError> {
+        let secret = cfg.signing.secret.as_ref().ok_or(TokenError::Unsupported)?;
+        let mut all: Vec<&[u8]> = vec![secret.expose_secret().as_bytes()];
+        all.extend(
+            cfg.signing
+                .previous_secrets
+                .iter()
+                .map(|s| s.expose_secret().as_bytes()),
+        );
+        let verifier = Verifier::hs256(&all, &cfg.issuer, &cfg.audience)
+            .map_err(|_| TokenError::Unsupported)?
+            .with_leeway(cfg.leeway.as_secs());
+        Ok(Self::assemble(
+            cfg,
+            None,
+            EncodingKey::from_secret(secret.expose_secret().as_bytes()),
+            verifier,
+            "{\"keys\":[]}".to_owned(),
+        ))
+    }
+
+    /// A key ring signing with `active` and verifying with it and every key in `others`.
+    pub fn from_stored(
+        cfg: &Config,
+        active: &StoredKey,
+        others: &[StoredKey],
+    ) -> Result<KeyRing, TokenError> {
+        let algorithm = cfg.signing.algorithm;
+        let signing = LoadedKey::load(algorithm, &active.kid, &active.private_pem)?;
+        let mut jwks = Vec::new();
+        let mut decoding = Vec::new();
+        for key in std::iter::once(active).chain(others.iter()) {
+            if key.algorithm != crate::config::algorithm_name(algorithm) {
+                continue;
+            }
+            let loaded = LoadedKey::load(algorithm, &key.kid, &key.private_pem)?;
+            let dk = DecodingKey::from_jwk(&loaded.jwk)
+                .map_err(|_| TokenError::Load(key.kid.clone()))?;
+            decoding.push((key.kid.clone(), dk));
+            jwks.push(loaded.jwk);
+        }
+        let verifier = Verifier::new(algorithm, decoding, &cfg.issuer, &cfg.audience)
+            .with_leeway(cfg.leeway.as_secs());
+        let jwks = serde_json::to_string(&serde_json::json!({ "keys": jwks }))
+            .map_err(|_| TokenError::Load(active.kid.clone()))?;
+        Ok(Self::assemble(
+            cfg,
+            Some(active.kid.clone()),
+            signing.encoding,
+            verifier,
+            jwks,
+        ))
+    }
+
+    fn assemble(
+        cfg: &Config,
+        signing_kid: Option<String>,
+        signing: EncodingKey,
+        verifier: Verifier,
+        jwks: String,
+    ) -> KeyRing {
+        KeyRing {
+            algorithm: cfg.signing.algorithm,
+            signing_kid,
+            signing,
+            verifier,
+            jwks,
+            issuer: cfg.issuer.clone(),
+            audience: cfg.audience[0].clone(),
+            access_ttl: i64::try_from(cfg.access_ttl.as_secs()).unwrap_or(i64::MAX),
+        }
+    }
+
+    /// Signs an access token issued at `now`; returns it with its lifetime in seconds.
+    pub fn issue(
+        &self,
+        grant: &AccessGrant<'_>,
+        now: OffsetDateTime,
+    ) -> Result<(String, i64), TokenError> {
+        let iat = now.unix_timestamp();
+        let claims = Claims {
+            iss: self.issuer.clone(),
+            sub: grant.user_id.to_string(),
+            aud: Audience::One(self.audience.clone()),
+            exp: iat.saturating_add(self.access_ttl),
+            iat,
+            jti: Uuid::now_v7().to_string(),
+            sid: grant.session_id.to_string(),
+            roles: grant.roles.to_vec(),
+            permissions: grant.permissions.to_vec(),
+        };
+        let mut header = Header::new(self.algorithm);
+        header.typ = Some(ACCESS_TOKEN_TYPE.to_owned());
+        header.kid = Some(
+            self.signing_kid
+                .clone()
+                .unwrap_or_else(|| String::from("hs256")),
+        );
+        let token =
+            jsonwebtoken::encode(&header, &claims, &self.signing).map_err(|_| TokenError::Sign)?;
+        Ok((token, self.access_ttl))
+    }
+
+    /// Verifies an access token at `now`.
+    pub fn verify(&self, token: &str, now: OffsetDateTime) -> Result<Claims, VerifyError> {
+        self.verifier.verify(token, now.unix_timestamp())
+    }
+
+    /// The JWKS document (`{"keys":[…]}`), rendered once.
+    pub fn jwks_json(&self) -> &str {
+        &self.jwks
+    }
+}
+
+/// The longest refresh token accepted; longer input is refused before any work.
+pub const MAX_REFRESH_TOKEN_LEN: usize = 128;
+
+/// Bytes of randomness in a refresh secret (256 bits, API.md's minimum).
+/// Changing the format below invalidates every refresh token in circulation.
+const SECRET_LEN: usize = 32;
+
+/// A refresh token's plaintext: shown to the client once, never stored, never logged.
+#[derive(Clone)]
+pub struct RefreshToken {
+    session_id: SessionId,
+    secret: [u8; SECRET_LEN],
+}
+
+impl fmt::Debug for RefreshToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RefreshToken({}.[redacted])", self.session_id)
+    }
+}
+
+/// The stored form of a refresh secret: SHA-256 of it (the secret has 256 bits of entropy, so a
+/// fast hash suffices). Compared in constant time.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RefreshHash(pub [u8; 32]);
+
+impl fmt::Debug for RefreshHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RefreshHash(..)")
+    }
+}
+
+impl RefreshHash {
+    /// From stored bytes; `None` when the length is wrong.
+    pub fn from_bytes(bytes: &[u8]) -> Option<RefreshHash> {
+        bytes.try_into().ok().map(RefreshHash)
+    }
+
+    /// Constant-time equality.
+    pub fn matches(&self, other: &RefreshHash) -> bool {
+        self.0.ct_eq(&other.0).into()
+    }
+}
+
+impl RefreshToken {
+    /// A fresh random token for `session_id`.
+    pub fn generate(session_id: SessionId) -> RefreshToken {
+        let mut secret = [0u8; SECRET_LEN];
+        // aws-lc's DRBG only fails if the OS cannot provide entropy at all.
+        if aws_lc_rs::rand::fill(&mut secret).is_err() {
+            std::process::abort();
+        }
+        RefreshToken { session_id, secret }
+    }
+
+    /// Parses `<uuid-simple>.<base64url secret>`; anything else is `None`.
+    pub fn parse(s: &str) -> Option<RefreshToken> {
+        if s.len() > MAX_REFRESH_TOKEN_LEN {
+            return None;
+        }
+        let (id, secret) = s.split_once('.')?;
+        if id.len() != 32 {
+            return None;
+        }
+        let session_id = SessionId::parse(&Uuid::try_parse(id).ok()?.hyphenated().to_string())?;
+        let bytes = B64.decode(secret).ok()?;
+        Some(RefreshToken {
+            session_id,
+            secret: bytes.try_into().ok()?,
+        })
+    }
+
+    /// The session the token belongs to.
+    pub fn session_id(&self) -> SessionId {
+        self.session_id
+    }
+
+    /// The hash that is stored.
+    pub fn hash(&self) -> RefreshHash {
+        let d = digest(&SHA256, &self.secret);
+        let mut out = [0u8; 32];
+        out.copy_from_slice(d.as_ref());
+        RefreshHash(out)
+    }
+
+    /// The text handed to the client.
+    pub fn expose(&self) -> String {
+        format!(
+            "{}.{}",
+            self.session_id.as_uuid().simple(),
+            B64.encode(self.secret)
+        )
+    }
+
+    /// Seals `successor` so that only the holder of this token can open it (design B of
+    /// shared/design/refresh-rotation.md). `context` binds the box to its session row.
+    pub fn seal(&self, successor: &RefreshToken, context: &[u8]) -> Vec<u8> {
+        let key = self.sealing_key();
+        let mut nonce = [0u8; NONCE_LEN];
+        if aws_lc_rs::rand::fill(&mut nonce).is_err() {
+            std::process::abort();
+        }
+        let mut data = successor.secret.to_vec();
+        // Sealing with a valid 256-bit key and a fresh nonce cannot fail.
+        let _ = key.seal_in_place_append_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(context),
+            &mut data,
+        );
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&data);
+        out
+    }
+
+    /// Opens a box made by [`RefreshToken::seal`] on the predecessor; `None` if this token
+    /// did not seal it.
+    pub fn open(&self, sealed: &[u8], context: &[u8]) -> Option<RefreshToken> {
+        if sealed.len() < NONCE_LEN {
+            return None;
+        }
+        let (nonce, data) = sealed.split_at(NONCE_LEN);
+        let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
+        let mut data = data.to_vec();
+        let plain = self
+            .sealing_key()
+            .open_in_place(nonce, Aad::from(context), &mut data)
+            .ok()?;
+        Some(RefreshToken {
+            session_id: self.session_id,
+            secret: plain.try_into().ok()?,
+        })
+    }
+
+    fn sealing_key(&self) -> LessSafeKey {
+        struct Len(usize);
+        impl aws_lc_rs::hkdf::KeyType for Len {
+            fn len(&self) -> usize {
+                self.0
+            }
+        }
+        let prk = Salt::new(HKDF_SHA256, b"keygate refresh successor v1").extract(&self.secret);
+        let mut key = [0u8; 32];
+        // HKDF-SHA256 can always expand to 32 bytes.
+        if let Ok(okm) = prk.expand(&[b"aes-256-gcm"], Len(32)) {
+            let _ = okm.fill(&mut key);
+        }
+        match UnboundKey::new(&AES_256_GCM, &key) {
+            Ok(k) => LessSafeKey::new(k),
+            Err(_) => std::process::abort(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(extra: &str) -> Config {
+        Config::from_toml(extra).unwrap()
+    }
+
+    fn grant() -> (UserId, SessionId) {
+        (UserId::new(), SessionId::new())
+    }
+
+    fn issue_and_verify(cfg: &Config, ring: &KeyRing) {
+        let (user_id, session_id) = grant();
+        let roles = vec!["admin".to_owned()];
+        let now = OffsetDateTime::now_utc();
+        let (token, ttl) = ring
+            .issue(
+                &AccessGrant {
+                    user_id,
+                    session_id,
+                    roles: &roles,
+                    permissions: &[],
+                },
+                now,
+            )
+            .unwrap();
+        assert_eq!(ttl, cfg.access_ttl.as_secs() as i64);
+        let claims = ring.verify(&token, now).unwrap();
+        assert_eq!(claims.sub, user_id.to_string());
+        assert_eq!(claims.sid, session_id.to_string());
+        assert_eq!(claims.roles, roles);
+        let header = jsonwebtoken::decode_header(&token).unwrap();
+        assert_eq!(header.typ.as_deref(), Some("at+jwt"));
+        assert!(header.kid.is_some());
+    }
+
+    #[test]
+    fn each_asymmetric_algorithm_signs_verifies_and_publishes() {
+        for alg in ["EdDSA", "ES256", "RS256"] {
+            let cfg = cfg(&format!("signing.algorithm = \"{alg}\""));
+            let key = generate_key(cfg.signing.algorithm, OffsetDateTime::now_utc()).unwrap();
+            let ring = KeyRing::from_stored(&cfg, &key, &[]).unwrap();
+            issue_and_verify(&cfg, &ring);
+            let jwks: serde_json::Value = serde_json::from_str(ring.jwks_json()).unwrap();
+            assert_eq!(jwks["keys"][0]["kid"], key.kid.as_str(), "{alg}");
+            assert_eq!(jwks["keys"][0]["alg"], alg);
+            assert!(
+                !ring.jwks_json().contains("\"d\""),
+                "no private parts in JWKS"
+            );
+        }
+    }
+
+    #[test]
+    fn hs256_signs_and_verifies_with_an_empty_jwks() {
+        let cfg = cfg(
+            "signing.algorithm = \"HS256\"\nsigning.secret = \"0123456789abcdef0123456789abcdef\"",
+        );
+        let ring = KeyRing::hs256(&cfg).unwrap();
+        issue_and_verify(&cfg, &ring);
+        assert_eq!(ring.jwks_json(), "{\"keys\":[]}");
+    }
+
+    #[test]
+    fn a_token_from_another_key_is_refused() {
+        let cfg = cfg("");
+        let now = OffsetDateTime::now_utc();
+        let a =
+            KeyRing::from_stored(&cfg, &generate_key(Algorithm::EdDSA, now).unwrap(), &[]).unwrap();
+        let b =
+            KeyRing::from_stored(&cfg, &generate_key(Algorithm::EdDSA, now).unwrap(), &[]).unwrap();
+        let (user_id, session_id) = grant();
+        let (token, _) = a
+            .issue(
+                &AccessGrant {
+                    user_id,
+                    session_id,
+                    roles: &[],
+                    permissions: &[],
+                },
+                now,
+            )
+            .unwrap();
+        assert_eq!(b.verify(&token, now), Err(VerifyError::UnknownKey));
+    }
+
+    #[test]
+    fn refresh_tokens_round_trip_and_reject_garbage() {
+        let sid = SessionId::new();
+        let t = RefreshToken::generate(sid);
+        let text = t.expose();
+        let parsed = RefreshToken::parse(&text).unwrap();
+        assert_eq!(parsed.session_id(), sid);
+        assert!(parsed.hash().matches(&t.hash()));
+        assert!(!RefreshToken::generate(sid).hash().matches(&t.hash()));
+        for bad in [
+            "",
+            ".",
+            "abc.def",
+            &format!("{}.", sid.as_uuid().simple()),
+            &"a".repeat(500),
+        ] {
+            assert!(RefreshToken::parse(bad).is_none(), "{bad}");
+        }
+        assert!(!format!("{t:?}").contains(&text[33..]));
+    }
+
+    #[test]
+    fn a_sealed_successor_opens_only_with_its_predecessor() {
+        let sid = SessionId::new();
+        let old = RefreshToken::generate(sid);
+        let new = RefreshToken::generate(sid);
+        let sealed = old.seal(&new, b"ctx");
+        let opened = old.open(&sealed, b"ctx").unwrap();
+        assert_eq!(opened.expose(), new.expose());
+        assert!(new.open(&sealed, b"ctx").is_none());
+        assert!(old.open(&sealed, b"other").is_none());
+    }
+}
