@@ -60,6 +60,11 @@ impl App {
         self.addr
     }
 
+    /// The shared state (use cases, store), for embedding applications and tests.
+    pub fn state(&self) -> Arc<AppState> {
+        self.state.clone()
+    }
+
     /// The router, for mounting Keygate inside another axum application.
     pub fn router(&self) -> Router {
         http::router(self.state.clone())

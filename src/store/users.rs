@@ -228,4 +228,23 @@ impl Store {
         });
         Ok(done == 1)
     }
+
+    /// Enables or disables the account. Returns whether the user exists.
+    pub async fn set_user_active(
+        &self,
+        id: UserId,
+        active: bool,
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        let done = on_pool!(self, write, |pool| {
+            sqlx::query("update users set is_active = $2, updated_at = $3 where id = $1")
+                .bind(id.to_string())
+                .bind(active)
+                .bind(to_millis(now))
+                .execute(pool)
+                .await?
+                .rows_affected()
+        });
+        Ok(done == 1)
+    }
 }

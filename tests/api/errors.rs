@@ -1,0 +1,104 @@
+//! Bad input gets the documented error: never a panic, a 500 or a hang.
+
+use crate::helpers::{TestApp, assert_error};
+
+async fn raw(
+    app: &TestApp,
+    path: &str,
+    content_type: Option<&str>,
+    body: impl Into<reqwest::Body>,
+) -> reqwest::Response {
+    let mut req = app.client.post(app.url(path)).body(body);
+    if let Some(ct) = content_type {
+        req = req.header("content-type", ct);
+    }
+    req.send().await.unwrap()
+}
+
+#[tokio::test]
+async fn malformed_json_is_400() {
+    let app = TestApp::spawn().await;
+    for body in ["{", "{\"email\": }", "nul", "{\"email\":\"a\"}}"] {
+        let r = raw(&app, "/auth/login", Some("application/json"), body).await;
+        assert_error(r, 400, "bad_request").await;
+    }
+}
+
+#[tokio::test]
+async fn json_of_the_wrong_shape_is_400() {
+    let app = TestApp::spawn().await;
+    let shapes = ["[]", "42", "\"text\"", "null"];
+    let cases = [
+        ("/auth/login", "{\"email\": 1, \"password\": \"x\"}"),
+        (
+            "/auth/register",
+            "{\"email\": [\"a\"], \"password\": \"x\"}",
+        ),
+        ("/auth/refresh", "{\"refresh_token\": {\"a\": 1}}"),
+    ];
+    for (path, wrong_type) in cases {
+        for body in shapes.iter().copied().chain([wrong_type]) {
+            let r = raw(&app, path, Some("application/json"), body).await;
+            assert_error(r, 400, "bad_request").await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_body_that_is_not_json_is_415() {
+    let app = TestApp::spawn().await;
+    let r = raw(&app, "/auth/login", None, "{}").await;
+    assert_error(r, 415, "unsupported_media_type").await;
+    let r = raw(&app, "/auth/register", Some("text/plain"), "{}").await;
+    assert_error(r, 415, "unsupported_media_type").await;
+    let r = raw(
+        &app,
+        "/auth/logout",
+        Some("application/x-www-form-urlencoded"),
+        "scope=global",
+    )
+    .await;
+    assert_error(r, 415, "unsupported_media_type").await;
+}
+
+#[tokio::test]
+async fn an_oversized_body_is_413() {
+    let app = TestApp::spawn().await;
+    let big = format!("{{\"email\": \"{}\"}}", "a".repeat(17 * 1024));
+    for path in ["/auth/login", "/auth/register", "/auth/logout"] {
+        let r = raw(&app, path, Some("application/json"), big.clone()).await;
+        assert_error(r, 413, "payload_too_large").await;
+    }
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_are_404_in_the_contract_format() {
+    let app = TestApp::spawn().await;
+    let r = app.client.get(app.url("/nope")).send().await.unwrap();
+    assert_error(r, 404, "not_found").await;
+    let r = app.client.get(app.url("/auth/login")).send().await.unwrap();
+    assert_error(r, 404, "not_found").await;
+}
+
+#[tokio::test]
+async fn odd_but_valid_input_never_causes_a_500() {
+    let app = TestApp::spawn().await;
+    let cases = [
+        r#"{"email": "\u0000@example.com", "password": "correct horse battery"}"#,
+        r#"{"email": "ada@example.com", "password": "\u0000\u0000\u0000\u0000\u0000\u0000\u0000\u0000"}"#,
+        r#"{"email": "ädä@exämple.com", "password": "pässwörd-pässwörd", "name": "Ådä 🦀"}"#,
+        r#"{"email": "ada@example.com", "password": "correct horse battery", "username": null, "name": null}"#,
+    ];
+    for body in cases {
+        let r = raw(&app, "/auth/register", Some("application/json"), body).await;
+        assert!(r.status().as_u16() < 500, "{body}: {}", r.status());
+    }
+    let r = raw(
+        &app,
+        "/auth/login",
+        Some("application/json"),
+        r#"{"email": "\u0000", "password": "x"}"#,
+    )
+    .await;
+    assert_error(r, 401, "invalid_credentials").await;
+}
