@@ -1,7 +1,7 @@
 //! Configuration: built-in defaults < `keygate.toml` (or `--config FILE`) < `KEYGATE_*`
 //! environment variables < command-line flags, as OPERATIONS.md specifies.
 //!
-//! Loading happens in two steps. Figment layers the sources into a [`RawConfig`] whose every
+//! Loading happens in two steps. Figment layers the sources into a `RawConfig` whose every
 //! field is optional and which rejects unknown keys; then [`Config::try_from`] turns it into the
 //! validated [`Config`] the rest of the server uses, with errors that name the key and the fix.
 

@@ -221,7 +221,12 @@ mod tests {
     async fn every_variant_has_its_status_code_and_headers() {
         let mut fields = BTreeMap::new();
         fields.insert("email".to_owned(), "not a valid email address".to_owned());
-        type Row = (ApiError, u16, &'static str, Option<(&'static str, &'static str)>);
+        type Row = (
+            ApiError,
+            u16,
+            &'static str,
+            Option<(&'static str, &'static str)>,
+        );
         let table: Vec<Row> = vec![
             (ApiError::BadRequest("x"), 400, "bad_request", None),
             (

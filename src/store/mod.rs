@@ -3,7 +3,7 @@
 //! One [`Store`] over two concrete backends, SQLite and PostgreSQL, never `sqlx::Any`. The SQL
 //! is portable (numbered `$1` placeholders, `bigint` millisecond timestamps, text ids, JSON text
 //! for lists), written once per query and run on whichever pool the store holds through the
-//! [`on_pool!`] macro. Nothing outside this module sees a pool, a row or a database error.
+//! `on_pool!` macro. Nothing outside this module sees a pool, a row or a database error.
 
 mod keys;
 mod sessions;
