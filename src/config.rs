@@ -159,16 +159,11 @@ impl Config {
             }
         }
         if sources.environment {
-            figment = figment.merge(
-                Env::prefixed("KEYGATE_")
-                    .split("__")
-                    // `KEYGATE_CONFIG` names the file; `KEYGATE_TEST_*` belong to the test suite.
-                    .filter(|k| k != "config" && !k.as_str().starts_with("test_")),
-            );
+            let env = Env::prefixed("KEYGATE_").split("__");
+            let vars: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v)).collect();
+            figment = merge_strings(figment, environment_pairs(vars.into_iter()));
         }
-        for (key, value) in &sources.flags {
-            figment = figment.merge(Serialized::global(key.as_str(), value.as_str()));
-        }
+        figment = merge_strings(figment, sources.flags.iter().cloned());
         Self::from_figment(figment)
     }
 
@@ -184,8 +179,10 @@ impl Config {
             if !e.path.is_empty() {
                 msg = format!("invalid configuration `{}`: {}", e.path.join("."), e.kind);
             }
-            if let Some(meta) = &e.metadata {
-                msg.push_str(&format!(" (from {})", meta.name));
+            if let Some(figment::Source::File(path)) =
+                e.metadata.as_ref().and_then(|m| m.source.as_ref())
+            {
+                msg.push_str(&format!(" (in {})", path.display()));
             }
             ConfigError(msg)
         })?;
@@ -227,6 +224,24 @@ impl Config {
         let url = self.database_url.expose_secret();
         url.starts_with("postgres://") || url.starts_with("postgresql://")
     }
+}
+
+/// The `KEYGATE_*` variables as dotted keys. `KEYGATE_CONFIG` names the file and
+/// `KEYGATE_TEST_*` belong to the test suite; neither is a configuration key.
+fn environment_pairs(
+    vars: impl Iterator<Item = (String, String)>,
+) -> impl Iterator<Item = (String, String)> {
+    vars.filter(|(k, _)| k != "config" && !k.starts_with("test_"))
+}
+
+/// Layers `key = value` pairs over `figment` as plain strings. (Figment's own environment
+/// provider would parse `[…]`, numbers and booleans, mangling a secret that looks like one;
+/// each key's own parser reads the string instead.)
+fn merge_strings(mut figment: Figment, pairs: impl Iterator<Item = (String, String)>) -> Figment {
+    for (key, value) in pairs {
+        figment = figment.merge(Serialized::global(&key, value));
+    }
+    figment
 }
 
 /// The configuration name of an algorithm.
@@ -793,6 +808,31 @@ mod tests {
         assert_eq!(c.audience, vec!["a", "b"]);
         let c = Config::from_toml("audience = \"a, b\"").unwrap();
         assert_eq!(c.audience, vec!["a", "b"]);
+    }
+
+    #[test]
+    fn environment_values_are_taken_as_written() {
+        let secret_digits = "1234567890123456789012345678901234567890";
+        let vars = vec![
+            ("signing.algorithm".to_owned(), "HS256".to_owned()),
+            ("signing.secret".to_owned(), secret_digits.to_owned()),
+            (
+                "signing.previous_secrets".to_owned(),
+                "[not-a-list-but-a-32-byte-secret], 0123456789abcdef0123456789abcdef".to_owned(),
+            ),
+            ("config".to_owned(), "ignored.toml".to_owned()),
+            ("test_database_url".to_owned(), "ignored".to_owned()),
+            ("max_sessions_per_user".to_owned(), "7".to_owned()),
+        ];
+        let figment = merge_strings(Figment::new(), environment_pairs(vars.into_iter()));
+        let c = Config::from_figment(figment).unwrap();
+        assert_eq!(c.signing.secret.unwrap().expose_secret(), secret_digits);
+        assert_eq!(
+            c.signing.previous_secrets[0].expose_secret(),
+            "[not-a-list-but-a-32-byte-secret]"
+        );
+        assert_eq!(c.signing.previous_secrets.len(), 2);
+        assert_eq!(c.max_sessions_per_user, 7);
     }
 
     #[test]
