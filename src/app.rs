@@ -8,7 +8,7 @@ use std::sync::Arc;
 use axum::Router;
 use tokio::net::TcpListener;
 
-use crate::auth::{Auth, StartupError};
+use crate::auth::{Auth, PURGE_INTERVAL, StartupError};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::http::{self, AppState};
@@ -77,12 +77,14 @@ impl App {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let router = http::router(self.state.clone());
+        let purger = tokio::spawn(purge_periodically(self.state.clone()));
         let result = axum::serve(
             self.listener,
             router.into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(shutdown)
         .await;
+        purger.abort();
         self.state.auth.store().close().await;
         result
     }
@@ -90,6 +92,18 @@ impl App {
     /// Serves until SIGTERM or Ctrl-C.
     pub async fn run(self) -> std::io::Result<()> {
         self.run_until(shutdown_signal()).await
+    }
+}
+
+/// Purges every [`PURGE_INTERVAL`], starting at once; failures are logged and retried later.
+async fn purge_periodically(state: Arc<AppState>) {
+    let mut tick = tokio::time::interval(PURGE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = state.auth.purge().await {
+            tracing::warn!(error = %e, "purge failed; will retry");
+        }
     }
 }
 

@@ -64,6 +64,10 @@ pub struct Config {
     pub registration: Registration,
     /// Sessions a user may hold at once; the least recently used ends beyond it.
     pub max_sessions_per_user: u32,
+    /// Keep only the /24 (IPv4) or /48 (IPv6) network of a session's IP.
+    pub truncate_session_ip: bool,
+    /// How long audit events are kept.
+    pub audit_retention: Duration,
     /// Logging.
     pub log: LogConfig,
 }
@@ -203,6 +207,7 @@ impl Config {
             leeway: format_duration(self.leeway),
             registration: self.registration,
             max_sessions_per_user: self.max_sessions_per_user,
+            truncate_session_ip: self.truncate_session_ip,
             signing: RedactedSigning {
                 algorithm: algorithm_name(self.signing.algorithm),
                 secret: self.signing.secret.as_ref().map(|_| "[redacted]"),
@@ -214,6 +219,9 @@ impl Config {
                     .collect(),
             },
             password: &self.password,
+            audit: RedactedAudit {
+                retention: format_duration(self.audit_retention),
+            },
             log: &self.log,
         };
         toml::to_string(&view).unwrap_or_else(|_| String::from("# could not render\n"))
@@ -269,9 +277,16 @@ struct RedactedView<'a> {
     leeway: String,
     registration: Registration,
     max_sessions_per_user: u32,
+    truncate_session_ip: bool,
     signing: RedactedSigning,
     password: &'a PasswordConfig,
+    audit: RedactedAudit,
     log: &'a LogConfig,
+}
+
+#[derive(Serialize)]
+struct RedactedAudit {
+    retention: String,
 }
 
 #[derive(Serialize)]
@@ -315,8 +330,17 @@ struct RawConfig {
     password: RawPassword,
     registration: Option<Text>,
     max_sessions_per_user: Option<Text>,
+    truncate_session_ip: Option<Text>,
+    #[serde(default)]
+    audit: RawAudit,
     #[serde(default)]
     log: RawLog,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    retention: Option<Text>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -415,6 +439,15 @@ fn number<T: std::str::FromStr>(key: &str, v: Option<Text>, default: T) -> Resul
                 .parse()
                 .map_err(|_| ConfigError::key(key, "expected a whole number"))
         }
+    }
+}
+
+fn boolean(key: &str, v: Option<Text>, default: bool) -> Result<bool, ConfigError> {
+    match v.map(|t| t.0.trim().to_ascii_lowercase()).as_deref() {
+        None => Ok(default),
+        Some("true") => Ok(true),
+        Some("false") => Ok(false),
+        Some(_) => Err(ConfigError::key(key, "expected `true` or `false`")),
     }
 }
 
@@ -563,6 +596,9 @@ impl TryFrom<RawConfig> for Config {
             ));
         }
 
+        let truncate_session_ip = boolean("truncate_session_ip", raw.truncate_session_ip, false)?;
+        let audit_retention = positive_duration("audit.retention", raw.audit.retention, "90d")?;
+
         let log = LogConfig {
             format: match raw.log.format.map(|t| t.0).as_deref() {
                 None | Some("auto") => LogFormat::Auto,
@@ -598,6 +634,8 @@ impl TryFrom<RawConfig> for Config {
             password,
             registration,
             max_sessions_per_user,
+            truncate_session_ip,
+            audit_retention,
             log,
         })
     }

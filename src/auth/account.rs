@@ -1,8 +1,9 @@
 //! Account use cases: register, read and change the profile, change the password.
 
+use super::events::Event;
 use super::{Auth, AuthError, FieldErrors, Principal};
 use crate::config;
-use crate::domain::{DisplayName, Email, FieldError, Password, Username};
+use crate::domain::{ClientInfo, DisplayName, Email, FieldError, Password, Username};
 use crate::store::{NewUser, UserRecord};
 
 /// A registration as received (unvalidated).
@@ -50,11 +51,16 @@ fn required<'a>(
 
 impl Auth {
     /// Creates an account through public registration.
-    pub async fn register(&self, input: Registration) -> Result<UserRecord, AuthError> {
+    pub async fn register(
+        &self,
+        input: Registration,
+        client: &ClientInfo,
+    ) -> Result<UserRecord, AuthError> {
         if self.config.registration == config::Registration::Closed {
             return Err(AuthError::RegistrationClosed);
         }
-        self.create_user(input, Vec::new(), Vec::new()).await
+        self.create_user(input, Vec::new(), Vec::new(), client)
+            .await
     }
 
     /// Creates an account with roles and permissions (registration, admin API, CLI).
@@ -63,6 +69,7 @@ impl Auth {
         input: Registration,
         roles: Vec<String>,
         permissions: Vec<String>,
+        client: &ClientInfo,
     ) -> Result<UserRecord, AuthError> {
         let policy = &self.config.password;
         let mut errors = FieldErrors::new();
@@ -103,7 +110,8 @@ impl Auth {
                 self.now(),
             )
             .await?;
-        tracing::info!(event = "user_created", user_id = %user.id, "user created");
+        self.emit(Event::success("user_created", client).user(user.id))
+            .await;
         Ok(user)
     }
 
@@ -150,6 +158,7 @@ impl Auth {
         who: &Principal,
         current: Option<String>,
         new: Option<String>,
+        client: &ClientInfo,
     ) -> Result<(), AuthError> {
         let policy = &self.config.password;
         let mut errors = FieldErrors::new();
@@ -176,6 +185,12 @@ impl Auth {
             .verify(&current, stored.as_ref().map(|h| h.phc()))
             .await?;
         if !ok {
+            self.emit(
+                Event::failure("password_changed", client, "wrong_current_password")
+                    .user(who.user_id)
+                    .session(who.session_id),
+            )
+            .await;
             let mut errors = FieldErrors::new();
             errors.insert(
                 "current_password",
@@ -192,7 +207,16 @@ impl Auth {
             .store
             .revoke_user_sessions(who.user_id, Some(who.session_id), "password_changed", now)
             .await?;
-        tracing::info!(event = "password_changed", user_id = %who.user_id, sessions_ended = ended, "password changed");
+        tracing::debug!(
+            sessions_ended = ended,
+            "other sessions ended by a password change"
+        );
+        self.emit(
+            Event::success("password_changed", client)
+                .user(who.user_id)
+                .session(who.session_id),
+        )
+        .await;
         Ok(())
     }
 }

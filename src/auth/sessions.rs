@@ -6,6 +6,7 @@ use std::time::Duration;
 use keygate_verify::{Claims, VerifyError};
 use time::OffsetDateTime;
 
+use super::events::Event;
 use super::{Auth, AuthError, FieldErrors, TokenProblem};
 use crate::domain::{ClientInfo, FieldError, Password, SessionId, UserId};
 use crate::store::{NewSession, Rotation, SessionRecord, UserRecord};
@@ -98,29 +99,37 @@ impl Auth {
             .await?;
         let user = match found {
             Some((user, _)) if ok => user,
-            _ => {
-                tracing::info!(
-                    event = "login_failed",
-                    reason = "invalid_credentials",
-                    "login failed"
-                );
+            Some((user, _)) => {
+                self.emit(Event::failure("login_failed", &client, "wrong_password").user(user.id))
+                    .await;
+                return Err(AuthError::InvalidCredentials);
+            }
+            None => {
+                self.emit(Event::failure("login_failed", &client, "unknown_account"))
+                    .await;
                 return Err(AuthError::InvalidCredentials);
             }
         };
         // Only after the password: the disabled state is no oracle for guessing.
         if !user.is_active {
-            tracing::info!(event = "login_failed", user_id = %user.id, reason = "account_disabled", "login failed");
+            self.emit(Event::failure("login_failed", &client, "account_disabled").user(user.id))
+                .await;
             return Err(AuthError::AccountDisabled);
         }
-        let pair = self.open_session(&user, client).await?;
-        tracing::info!(event = "login_succeeded", user_id = %user.id, session_id = %pair.session_id, "login");
+        let pair = self.open_session(&user, &client).await?;
+        self.emit(
+            Event::success("login_succeeded", &client)
+                .user(user.id)
+                .session(pair.session_id),
+        )
+        .await;
         Ok(pair)
     }
 
     async fn open_session(
         &self,
         user: &UserRecord,
-        client: ClientInfo,
+        client: &ClientInfo,
     ) -> Result<TokenPair, AuthError> {
         let now = self.now();
         let session_id = SessionId::new();
@@ -135,8 +144,8 @@ impl Auth {
                     refresh_hash: refresh.hash(),
                     refresh_expires_at,
                     expires_at,
-                    user_agent: client.user_agent,
-                    ip: client.ip,
+                    user_agent: client.user_agent.clone(),
+                    ip: self.session_ip(client.ip.as_deref()),
                 },
                 now,
             )
@@ -145,6 +154,25 @@ impl Auth {
             .revoke_sessions_beyond(user.id, self.config.max_sessions_per_user, now)
             .await?;
         self.token_pair(user, session_id, refresh, refresh_expires_at, now)
+    }
+
+    /// The IP kept on a session: as seen, or cut to its /24 (IPv4) or /48 (IPv6) network when
+    /// `truncate_session_ip` is set.
+    fn session_ip(&self, ip: Option<&str>) -> Option<String> {
+        let ip = ip?;
+        if !self.config.truncate_session_ip {
+            return Some(ip.to_owned());
+        }
+        Some(match ip.parse::<std::net::IpAddr>().ok()? {
+            std::net::IpAddr::V4(v4) => {
+                let [a, b, c, _] = v4.octets();
+                format!("{a}.{b}.{c}.0/24")
+            }
+            std::net::IpAddr::V6(v6) => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}::/48", s[0], s[1], s[2])
+            }
+        })
     }
 
     /// A refresh token lives `refresh_ttl` from its issue, capped by the session's end.
@@ -188,20 +216,35 @@ impl Auth {
     /// The presented token is classified as exactly one of: the current token (rotate), the
     /// previous one inside the grace window (hand out the same successor again), the previous
     /// one after the window (reuse: the session is revoked), or not ours (plain 401).
-    pub async fn refresh(&self, presented: &str) -> Result<TokenPair, AuthError> {
-        let token = RefreshToken::parse(presented).ok_or(AuthError::InvalidRefreshToken)?;
+    pub async fn refresh(
+        &self,
+        presented: &str,
+        client: &ClientInfo,
+    ) -> Result<TokenPair, AuthError> {
+        let Some(token) = RefreshToken::parse(presented) else {
+            self.emit(Event::failure("refresh_failed", client, "malformed"))
+                .await;
+            return Err(AuthError::InvalidRefreshToken);
+        };
         let hash = token.hash();
         // A lost race re-reads the row once; the second read sees the winner's rotation.
         for _ in 0..3 {
             let now = self.now();
             let Some(session) = self.store.find_session(token.session_id()).await? else {
+                self.emit(Event::failure("refresh_failed", client, "unknown_session"))
+                    .await;
                 return Err(AuthError::InvalidRefreshToken);
             };
+            let failed = |reason| Event::failure("refresh_failed", client, reason).of(&session);
             if session.refresh_hash.matches(&hash) {
                 if !session.is_live(now) || session.refresh_expires_at <= now {
+                    self.emit(failed("session_ended")).await;
                     return Err(AuthError::InvalidRefreshToken);
                 }
-                let user = self.live_user(&session).await?;
+                let Some(user) = self.live_user(&session).await? else {
+                    self.emit(failed("account_disabled")).await;
+                    return Err(AuthError::InvalidRefreshToken);
+                };
                 let successor = RefreshToken::generate(session.id);
                 let refresh_expires_at = self.refresh_expiry(now, session.expires_at);
                 let rotation = Rotation {
@@ -216,7 +259,12 @@ impl Auth {
                     refresh_expires_at,
                 };
                 if self.store.rotate_refresh(&rotation, now).await? {
-                    tracing::info!(event = "refresh_succeeded", user_id = %user.id, session_id = %session.id, "refresh");
+                    self.emit(
+                        Event::success("refresh_succeeded", client)
+                            .user(user.id)
+                            .session(session.id),
+                    )
+                    .await;
                     return self.token_pair(&user, session.id, successor, refresh_expires_at, now);
                 }
                 continue;
@@ -226,9 +274,11 @@ impl Auth {
                 .as_ref()
                 .is_some_and(|p| p.matches(&hash))
             {
-                return self.refresh_with_previous(&token, &session, now).await;
+                return self
+                    .refresh_with_previous(&token, &session, now, client)
+                    .await;
             }
-            tracing::info!(event = "refresh_failed", session_id = %session.id, reason = "unknown_secret", "refresh failed");
+            self.emit(failed("wrong_secret")).await;
             return Err(AuthError::InvalidRefreshToken);
         }
         Err(AuthError::Unavailable)
@@ -241,8 +291,11 @@ impl Auth {
         token: &RefreshToken,
         session: &SessionRecord,
         now: OffsetDateTime,
+        client: &ClientInfo,
     ) -> Result<TokenPair, AuthError> {
         if !session.is_live(now) {
+            self.emit(Event::failure("refresh_failed", client, "session_ended").of(session))
+                .await;
             return Err(AuthError::InvalidRefreshToken);
         }
         let within_grace = session
@@ -256,8 +309,15 @@ impl Auth {
         });
         match successor {
             Some(successor) if within_grace && successor.hash().matches(&session.refresh_hash) => {
-                let user = self.live_user(session).await?;
-                tracing::info!(event = "refresh_succeeded", user_id = %user.id, session_id = %session.id, grace = true, "refresh within grace window");
+                let Some(user) = self.live_user(session).await? else {
+                    self.emit(
+                        Event::failure("refresh_failed", client, "account_disabled").of(session),
+                    )
+                    .await;
+                    return Err(AuthError::InvalidRefreshToken);
+                };
+                self.emit(Event::success("refresh_succeeded", client).of(session))
+                    .await;
                 self.token_pair(
                     &user,
                     session.id,
@@ -270,17 +330,23 @@ impl Auth {
                 self.store
                     .revoke_session(session.id, "refresh_token_reused", now)
                     .await?;
-                tracing::warn!(event = "refresh_token_reused", user_id = %session.user_id, session_id = %session.id, "rotated refresh token presented again: session revoked");
+                self.emit(
+                    Event::failure("refresh_token_reused", client, "rotated_token_presented")
+                        .of(session),
+                )
+                .await;
                 Err(AuthError::InvalidRefreshToken)
             }
         }
     }
 
-    async fn live_user(&self, session: &SessionRecord) -> Result<UserRecord, AuthError> {
-        match self.store.find_user(session.user_id).await? {
-            Some(user) if user.is_active => Ok(user),
-            _ => Err(AuthError::InvalidRefreshToken),
-        }
+    /// The session's user if the account still exists and is active.
+    async fn live_user(&self, session: &SessionRecord) -> Result<Option<UserRecord>, AuthError> {
+        Ok(self
+            .store
+            .find_user(session.user_id)
+            .await?
+            .filter(|u| u.is_active))
     }
 
     /// Verifies a bearer token and checks that its session is still live.
@@ -324,6 +390,7 @@ impl Auth {
         scope: LogoutScope,
         bearer: Option<&str>,
         refresh: Option<&str>,
+        client: &ClientInfo,
     ) -> Result<(), AuthError> {
         let now = self.now();
         let from_refresh = match refresh {
@@ -375,7 +442,19 @@ impl Auth {
                     .await?
             }
         };
-        tracing::info!(event = "logout", user_id = %user_id, session_id = %session_id, sessions_ended = ended, "logout");
+        tracing::debug!(sessions_ended = ended, "logout");
+        let reason = match scope {
+            LogoutScope::Local => "local",
+            LogoutScope::Global => "global",
+            LogoutScope::Others => "others",
+        };
+        self.emit(Event {
+            reason: Some(reason),
+            ..Event::success("logout", client)
+                .user(user_id)
+                .session(session_id)
+        })
+        .await;
         Ok(())
     }
 
@@ -385,7 +464,12 @@ impl Auth {
     }
 
     /// Ends one of the caller's sessions; another user's (or an unknown) session is not found.
-    pub async fn end_session(&self, who: &Principal, id: &str) -> Result<(), AuthError> {
+    pub async fn end_session(
+        &self,
+        who: &Principal,
+        id: &str,
+        client: &ClientInfo,
+    ) -> Result<(), AuthError> {
         let id = SessionId::parse(id).ok_or(AuthError::NotFound)?;
         let now = self.now();
         match self.store.find_session(id).await? {
@@ -393,7 +477,12 @@ impl Auth {
                 self.store
                     .revoke_session(id, "session_revoked", now)
                     .await?;
-                tracing::info!(event = "session_revoked", user_id = %who.user_id, session_id = %id, "session revoked");
+                self.emit(
+                    Event::success("session_revoked", client)
+                        .user(who.user_id)
+                        .session(id),
+                )
+                .await;
                 Ok(())
             }
             _ => Err(AuthError::NotFound),

@@ -5,6 +5,7 @@
 
 mod config;
 mod migrate;
+mod purge;
 mod serve;
 
 use std::io::IsTerminal as _;
@@ -34,6 +35,8 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Apply database migrations and exit.
     Migrate(DatabaseArgs),
+    /// Delete ended sessions, expired grace data and audit events past retention.
+    Purge(DatabaseArgs),
     /// Inspect the configuration.
     #[command(subcommand)]
     Config(config::ConfigCommand),
@@ -94,7 +97,7 @@ pub fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<(), Failure> {
     let flags = match &cli.command {
         Command::Serve(args) => args.flags(),
-        Command::Migrate(args) => args.flags(),
+        Command::Migrate(args) | Command::Purge(args) => args.flags(),
         Command::Config(_) => Vec::new(),
     };
     let config = Config::load(&Sources {
@@ -112,8 +115,31 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             init_logging(&config);
             migrate::run(&config).await
         }
+        Command::Purge(_) => {
+            init_logging(&config);
+            purge::run(config).await
+        }
         Command::Config(cmd) => config::run(cmd, &config),
     }
+}
+
+/// Opens the database (applying pending migrations) and builds the use cases, for the
+/// commands that act on data.
+async fn open(config: Config) -> Result<crate::auth::Auth, Failure> {
+    let store = crate::store::Store::connect(&config)
+        .await
+        .map_err(|e| Failure::Runtime(format!("cannot open the database: {e}")))?;
+    store
+        .migrate()
+        .await
+        .map_err(|e| Failure::Runtime(format!("cannot migrate the database: {e}")))?;
+    crate::auth::Auth::new(
+        std::sync::Arc::new(config),
+        store,
+        std::sync::Arc::new(crate::clock::SystemClock),
+    )
+    .await
+    .map_err(|e| Failure::Runtime(e.to_string()))
 }
 
 /// Logs go to stderr: JSON when not on a terminal (or when configured), readable otherwise.

@@ -118,16 +118,20 @@ pub(super) struct RegisterBody {
 
 pub(super) async fn register(
     State(state): State<Arc<AppState>>,
+    Client(client): Client,
     Json(body): Json<RegisterBody>,
 ) -> Result<(StatusCode, axum::Json<UserView>)> {
     let user = state
         .auth
-        .register(Registration {
-            email: body.email,
-            password: body.password,
-            name: body.name,
-            username: body.username,
-        })
+        .register(
+            Registration {
+                email: body.email,
+                password: body.password,
+                name: body.name,
+                username: body.username,
+            },
+            &client,
+        )
         .await?;
     Ok((StatusCode::CREATED, axum::Json(user.into())))
 }
@@ -156,6 +160,7 @@ pub(super) struct RefreshBody {
 
 pub(super) async fn refresh(
     State(state): State<Arc<AppState>>,
+    Client(client): Client,
     Json(body): Json<RefreshBody>,
 ) -> Result<Response> {
     let Some(token) = body.refresh_token else {
@@ -163,7 +168,7 @@ pub(super) async fn refresh(
         fields.insert("refresh_token".to_owned(), "is required".to_owned());
         return Err(ApiError::ValidationFailed(fields));
     };
-    Ok(token_response(state.auth.refresh(&token).await?))
+    Ok(token_response(state.auth.refresh(&token, &client).await?))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -185,6 +190,7 @@ pub(super) struct LogoutBody {
 pub(super) async fn logout(
     State(state): State<Arc<AppState>>,
     MaybeBearer(bearer): MaybeBearer,
+    Client(client): Client,
     OptionalJson(body): OptionalJson<LogoutBody>,
 ) -> Result<StatusCode> {
     let scope = match body.scope {
@@ -194,7 +200,12 @@ pub(super) async fn logout(
     };
     state
         .auth
-        .logout(scope, bearer.as_deref(), body.refresh_token.as_deref())
+        .logout(
+            scope,
+            bearer.as_deref(),
+            body.refresh_token.as_deref(),
+            &client,
+        )
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -241,11 +252,12 @@ pub(super) struct PasswordBody {
 pub(super) async fn change_password(
     State(state): State<Arc<AppState>>,
     AuthUser(who): AuthUser,
+    Client(client): Client,
     Json(body): Json<PasswordBody>,
 ) -> Result<StatusCode> {
     state
         .auth
-        .change_password(&who, body.current_password, body.new_password)
+        .change_password(&who, body.current_password, body.new_password, &client)
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -275,8 +287,9 @@ pub(super) async fn sessions(
 pub(super) async fn end_session(
     State(state): State<Arc<AppState>>,
     AuthUser(who): AuthUser,
+    Client(client): Client,
     Path(id): Path<String>,
 ) -> Result<StatusCode> {
-    state.auth.end_session(&who, &id).await?;
+    state.auth.end_session(&who, &id, &client).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -5,7 +5,9 @@
 //! for lists), written once per query and run on whichever pool the store holds through the
 //! `on_pool!` macro. Nothing outside this module sees a pool, a row or a database error.
 
+mod audit;
 mod keys;
+mod purge;
 mod sessions;
 mod users;
 
@@ -18,6 +20,8 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
+pub use audit::{AuditQuery, AuditRecord, NewAuditEvent};
+pub use purge::{PurgeCounts, TableCounts};
 pub use sessions::{NewSession, Rotation, SessionRecord};
 pub use users::{NewUser, StoredHash, UserRecord};
 

@@ -159,3 +159,13 @@ fn serve_starts_on_the_embedded_default_and_answers() {
     assert_eq!(status, 200);
     assert!(dir.path().join("keygate.db").exists());
 }
+
+#[test]
+fn purge_runs_on_the_database_and_reports_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = keygate(dir.path(), &["purge"], &[]);
+    assert!(out.status.success());
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(stdout.contains("purged 0 ended sessions"), "{stdout}");
+    assert!(stdout.contains("sessions: 0 -> 0"), "{stdout}");
+}

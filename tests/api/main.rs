@@ -5,6 +5,7 @@ mod helpers;
 mod account;
 mod cli;
 mod errors;
+mod families;
 mod logout;
 mod operations;
 mod refresh;

@@ -1,0 +1,109 @@
+//! Auth events: each is one `tracing` event with stable field names and, for the events an
+//! operator must be able to query later, one row in the audit log.
+
+use super::Auth;
+use crate::domain::{ClientInfo, SessionId, UserId};
+use crate::store::{NewAuditEvent, SessionRecord};
+
+/// One thing that happened. Never carries a token, password or hash: `reason` is a fixed code.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Event<'a> {
+    pub(crate) name: &'static str,
+    pub(crate) user_id: Option<UserId>,
+    pub(crate) session_id: Option<SessionId>,
+    pub(crate) client: &'a ClientInfo,
+    pub(crate) success: bool,
+    pub(crate) reason: Option<&'static str>,
+}
+
+impl<'a> Event<'a> {
+    pub(crate) fn success(name: &'static str, client: &'a ClientInfo) -> Self {
+        Event {
+            name,
+            user_id: None,
+            session_id: None,
+            client,
+            success: true,
+            reason: None,
+        }
+    }
+
+    pub(crate) fn failure(
+        name: &'static str,
+        client: &'a ClientInfo,
+        reason: &'static str,
+    ) -> Self {
+        Event {
+            success: false,
+            reason: Some(reason),
+            ..Event::success(name, client)
+        }
+    }
+
+    pub(crate) fn user(mut self, id: UserId) -> Self {
+        self.user_id = Some(id);
+        self
+    }
+
+    pub(crate) fn session(mut self, id: SessionId) -> Self {
+        self.session_id = Some(id);
+        self
+    }
+
+    /// The session's user and the session itself.
+    pub(crate) fn of(self, session: &SessionRecord) -> Self {
+        self.user(session.user_id).session(session.id)
+    }
+}
+
+/// Events not written to the audit table: the hot path of every client every 15 minutes.
+/// They are still logged.
+const NOT_AUDITED: &[&str] = &["refresh_succeeded"];
+
+impl Auth {
+    /// Logs `e` and, unless it is a hot-path event, appends it to the audit log. A failing
+    /// audit write is logged, not surfaced: the user's action has already happened.
+    pub(crate) async fn emit(&self, e: Event<'_>) {
+        let user_id = e.user_id.map(|u| u.to_string()).unwrap_or_default();
+        let session_id = e.session_id.map(|s| s.to_string()).unwrap_or_default();
+        let outcome = if e.success { "success" } else { "failure" };
+        let reason = e.reason.unwrap_or("");
+        let ip = e.client.ip.as_deref().unwrap_or("");
+        if e.name == "refresh_token_reused" {
+            tracing::warn!(
+                event = e.name,
+                user_id,
+                session_id,
+                outcome,
+                reason,
+                ip,
+                "auth event"
+            );
+        } else {
+            tracing::info!(
+                event = e.name,
+                user_id,
+                session_id,
+                outcome,
+                reason,
+                ip,
+                "auth event"
+            );
+        }
+        if NOT_AUDITED.contains(&e.name) {
+            return;
+        }
+        let record = NewAuditEvent {
+            event: e.name,
+            user_id: e.user_id,
+            session_id: e.session_id,
+            ip: e.client.ip.as_deref(),
+            user_agent: e.client.user_agent.as_deref(),
+            success: e.success,
+            reason: e.reason,
+        };
+        if let Err(err) = self.store.record_audit(&record, self.now()).await {
+            tracing::error!(event = e.name, error = %super::error_chain(&err), "could not write the audit log");
+        }
+    }
+}
