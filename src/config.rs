@@ -42,6 +42,10 @@ pub struct Config {
     pub listen: SocketAddr,
     /// `sqlite://PATH` or `postgres://…`; may hold a password, so it is a secret.
     pub database_url: SecretString,
+    /// Most connections in the pool (PostgreSQL; SQLite: readers, plus one writer).
+    pub database_max_connections: u32,
+    /// How long a request waits for a connection before answering 503.
+    pub database_acquire_timeout: Duration,
     /// `iss` claim of every token.
     pub issuer: String,
     /// Audiences accepted when verifying; tokens are issued for the first.
@@ -198,6 +202,8 @@ impl Config {
         let view = RedactedView {
             listen: self.listen.to_string(),
             database_url: redact_url(self.database_url.expose_secret()),
+            database_max_connections: self.database_max_connections,
+            database_acquire_timeout: format_duration(self.database_acquire_timeout),
             issuer: &self.issuer,
             audience: &self.audience,
             access_ttl: format_duration(self.access_ttl),
@@ -267,6 +273,8 @@ pub fn algorithm_name(alg: Algorithm) -> &'static str {
 struct RedactedView<'a> {
     listen: String,
     database_url: String,
+    database_max_connections: u32,
+    database_acquire_timeout: String,
     issuer: &'a str,
     audience: &'a [String],
     access_ttl: String,
@@ -317,6 +325,8 @@ fn redact_url(url: &str) -> String {
 struct RawConfig {
     listen: Option<Text>,
     database_url: Option<Text>,
+    database_max_connections: Option<Text>,
+    database_acquire_timeout: Option<Text>,
     issuer: Option<Text>,
     audience: Option<TextList>,
     access_ttl: Option<Text>,
@@ -534,6 +544,23 @@ impl TryFrom<RawConfig> for Config {
             ));
         }
 
+        let database_max_connections = number(
+            "database_max_connections",
+            raw.database_max_connections,
+            16u32,
+        )?;
+        if !(1..=1000).contains(&database_max_connections) {
+            return Err(ConfigError::key(
+                "database_max_connections",
+                "must be between 1 and 1000",
+            ));
+        }
+        let database_acquire_timeout = positive_duration(
+            "database_acquire_timeout",
+            raw.database_acquire_timeout,
+            "3s",
+        )?;
+
         let issuer = text(raw.issuer, "http://127.0.0.1:8080");
         if !(issuer.starts_with("http://") || issuer.starts_with("https://"))
             || issuer.len() <= "https://".len()
@@ -623,6 +650,8 @@ impl TryFrom<RawConfig> for Config {
         Ok(Config {
             listen,
             database_url: SecretString::from(db.to_owned()),
+            database_max_connections,
+            database_acquire_timeout,
             issuer,
             audience,
             access_ttl,

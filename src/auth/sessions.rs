@@ -91,7 +91,13 @@ impl Auth {
             return Err(AuthError::Validation(errors));
         };
         let login = login.trim().to_lowercase();
-        let found = self.store.find_credentials(&login).await?;
+        // No account can have control characters in its email or username (and PostgreSQL
+        // refuses NUL in text): such a login is simply unknown.
+        let found = if login.chars().any(char::is_control) {
+            None
+        } else {
+            self.store.find_credentials(&login).await?
+        };
         // Unknown accounts are checked against the dummy hash: same time, same answer.
         let ok = self
             .hasher

@@ -54,6 +54,20 @@ impl From<sqlx::Error> for StoreError {
             | sqlx::Error::PoolClosed
             | sqlx::Error::Io(_)
             | sqlx::Error::Tls(_) => StoreError::Unavailable(e),
+            // Connection exceptions (08…), operator intervention such as a shutting-down server
+            // (57P…), insufficient resources (53…) and lost races of the database's own
+            // scheduling (40001 serialization failure, 40P01 deadlock): try again later.
+            sqlx::Error::Database(db)
+                if db.code().is_some_and(|c| {
+                    c.starts_with("08")
+                        || c.starts_with("57P")
+                        || c.starts_with("53")
+                        || c == "40001"
+                        || c == "40P01"
+                }) =>
+            {
+                StoreError::Unavailable(e)
+            }
             sqlx::Error::Database(db) if db.is_unique_violation() => {
                 // SQLite names the column ("UNIQUE constraint failed: users.email"),
                 // PostgreSQL the constraint ("users_email_key"): both contain the column.
@@ -117,9 +131,6 @@ macro_rules! on_pool {
 }
 pub(crate) use on_pool;
 
-/// How long a request waits for a database connection before answering 503.
-const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
-
 impl Store {
     /// Opens the database named by `database_url` (creating a SQLite file if needed).
     /// Does not migrate: call [`Store::migrate`].
@@ -128,9 +139,13 @@ impl Store {
         if cfg.is_postgres() {
             let opts = PgConnectOptions::from_str(url).map_err(StoreError::Database)?;
             let pool = PgPoolOptions::new()
-                .max_connections(16)
+                .max_connections(cfg.database_max_connections)
                 .min_connections(0)
-                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .acquire_timeout(cfg.database_acquire_timeout)
+                // Connections die with the server or the network; check before handing one out
+                // and do not keep idle ones forever.
+                .test_before_acquire(true)
+                .idle_timeout(Duration::from_secs(300))
                 .connect_lazy_with(opts);
             return Ok(Store {
                 backend: Backend::Postgres(pool),
@@ -147,12 +162,12 @@ impl Store {
             .busy_timeout(Duration::from_secs(5));
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .acquire_timeout(cfg.database_acquire_timeout)
             .connect_with(opts.clone())
             .await?;
         let reader = SqlitePoolOptions::new()
-            .max_connections(8)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .max_connections(cfg.database_max_connections.min(64))
+            .acquire_timeout(cfg.database_acquire_timeout)
             .connect_with(opts.read_only(true))
             .await?;
         Ok(Store {
@@ -163,10 +178,21 @@ impl Store {
     /// Applies pending migrations (embedded in the binary).
     pub async fn migrate(&self) -> Result<(), StoreError> {
         match &self.backend {
-            Backend::Sqlite { writer, .. } => sqlx::migrate!("./migrations/sqlite")
-                .run(writer)
-                .await
-                .map_err(StoreError::Migrate),
+            Backend::Sqlite { writer, .. } => {
+                // SQLite has no migration lock: when two processes migrate one file at once,
+                // the loser fails on the winner's tables. Its retry finds them applied.
+                let mut attempt = 0;
+                loop {
+                    match sqlx::migrate!("./migrations/sqlite").run(writer).await {
+                        Ok(()) => return Ok(()),
+                        Err(_) if attempt < 3 => {
+                            attempt += 1;
+                            tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+                        }
+                        Err(e) => return Err(StoreError::Migrate(e)),
+                    }
+                }
+            }
             Backend::Postgres(pg) => sqlx::migrate!("./migrations/postgres")
                 .run(pg)
                 .await

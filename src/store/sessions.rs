@@ -185,7 +185,7 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let found: Option<i64> = on_pool!(self, read, |pool| {
             sqlx::query_scalar(
-                "select 1 from sessions where id = $1 and user_id = $2 and revoked_at is null \
+                "select cast(1 as bigint) from sessions where id = $1 and user_id = $2 and revoked_at is null \
                  and (expires_at is null or expires_at > $3)",
             )
             .bind(id.to_string())

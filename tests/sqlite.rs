@@ -1,0 +1,8 @@
+//! The integration suite on SQLite: a fresh database file per test. Always runs.
+
+mod suite;
+
+pub(crate) use suite::helpers;
+
+/// The backend this target runs the suite on.
+pub(crate) const BACKEND: helpers::Backend = helpers::Backend::Sqlite;

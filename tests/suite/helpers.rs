@@ -1,0 +1,290 @@
+//! `TestApp`: a real Keygate on port 0 with a fresh database (SQLite file or PostgreSQL schema)
+//! per test, and a typed HTTP client.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use keygate::clock::ManualClock;
+use keygate::http::AppState;
+use keygate::{App, Config};
+use reqwest::{Response, StatusCode};
+use serde_json::{Value, json};
+
+pub(crate) const PASSWORD: &str = "correct horse battery staple";
+
+/// Which database the suite runs on (set by the test target).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[expect(dead_code, reason = "each test target constructs only its own backend")]
+pub(crate) enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A test's own database: a SQLite file in a temporary directory, or a fresh PostgreSQL
+/// schema. Siblings (restarts, second nodes) share it.
+#[derive(Debug, Clone)]
+pub(crate) enum TestDb {
+    Sqlite(Arc<tempfile::TempDir>),
+    Postgres { url: String },
+}
+
+impl TestDb {
+    pub(crate) fn url(&self) -> String {
+        match self {
+            TestDb::Sqlite(dir) => format!("sqlite://{}", dir.path().join("keygate.db").display()),
+            TestDb::Postgres { url } => url.clone(),
+        }
+    }
+
+    /// A fresh database for the suite's backend; `None` (after saying so) when the backend is
+    /// PostgreSQL and `KEYGATE_TEST_DATABASE_URL` is not set.
+    pub(crate) async fn fresh() -> Option<TestDb> {
+        match crate::BACKEND {
+            Backend::Sqlite => Some(TestDb::Sqlite(Arc::new(
+                tempfile::tempdir().expect("temp dir"),
+            ))),
+            Backend::Postgres => {
+                let Ok(base) = std::env::var("KEYGATE_TEST_DATABASE_URL") else {
+                    eprintln!("skipped: set KEYGATE_TEST_DATABASE_URL to run the PostgreSQL suite");
+                    return None;
+                };
+                Some(TestDb::Postgres {
+                    url: fresh_schema(&base).await,
+                })
+            }
+        }
+    }
+}
+
+/// Creates `kg_test_<unix seconds>_<random>` and returns a URL whose connections use it.
+/// Schemas left by runs more than an hour old are dropped on the way.
+async fn fresh_schema(base: &str) -> String {
+    use sqlx::Connection as _;
+    static CLEANED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let mut conn = sqlx::PgConnection::connect(base)
+        .await
+        .expect("KEYGATE_TEST_DATABASE_URL must point at a reachable PostgreSQL");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    if !CLEANED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        let names: Vec<String> = sqlx::query_scalar(
+            "select nspname::text from pg_namespace where nspname like 'kg_test_%'",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .expect("list schemas");
+        for name in names {
+            let created: u64 = name
+                .split('_')
+                .nth(2)
+                .and_then(|t| t.parse().ok())
+                .unwrap_or(now);
+            if created + 3600 < now {
+                let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "drop schema if exists {name} cascade"
+                )))
+                .execute(&mut conn)
+                .await;
+            }
+        }
+    }
+    let schema = format!(
+        "kg_test_{now}_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    sqlx::query(sqlx::AssertSqlSafe(format!("create schema {schema}")))
+        .execute(&mut conn)
+        .await
+        .expect("create schema");
+    let _ = conn.close().await;
+    let sep = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{sep}options=-c%20search_path%3D{schema}")
+}
+
+pub(crate) struct TestApp {
+    pub(crate) base: String,
+    pub(crate) client: reqwest::Client,
+    pub(crate) clock: Arc<ManualClock>,
+    pub(crate) state: Arc<AppState>,
+    pub(crate) db: TestDb,
+}
+
+/// A logged-in session.
+#[derive(Debug, Clone)]
+pub(crate) struct Tokens {
+    pub(crate) access: String,
+    pub(crate) refresh: String,
+    pub(crate) session_id: String,
+    pub(crate) body: Value,
+}
+
+impl TestApp {
+    pub(crate) async fn spawn() -> Option<TestApp> {
+        Self::spawn_with("").await
+    }
+
+    /// A server whose configuration adds `extra` (TOML) to the test defaults; `None` when the
+    /// suite's backend is not available (PostgreSQL without its variable).
+    pub(crate) async fn spawn_with(extra: &str) -> Option<TestApp> {
+        let db = TestDb::fresh().await?;
+        Some(Self::spawn_on(db, extra, Arc::new(ManualClock::new())).await)
+    }
+
+    /// Another server on the same database (a restart, or a second node), same clock.
+    pub(crate) async fn sibling(&self, extra: &str) -> TestApp {
+        Self::spawn_on(self.db.clone(), extra, self.clock.clone()).await
+    }
+
+    /// The configuration a server on `db` gets, with `extra` appended.
+    pub(crate) fn config(db: &TestDb, extra: &str) -> Config {
+        let toml = format!(
+            "listen = \"127.0.0.1:0\"\ndatabase_url = \"{}\"\n{extra}",
+            db.url()
+        );
+        Config::from_toml(&toml).expect("test configuration")
+    }
+
+    pub(crate) async fn spawn_on(db: TestDb, extra: &str, clock: Arc<ManualClock>) -> TestApp {
+        // `RUST_LOG=… cargo test` shows the servers' logs of failing tests.
+        if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_test_writer()
+                .try_init();
+        }
+        let app = App::build_with_clock(Self::config(&db, extra), clock.clone())
+            .await
+            .expect("server starts");
+        Self::serve(app, db, clock)
+    }
+
+    /// Serves a built app in the background.
+    pub(crate) fn serve(app: App, db: TestDb, clock: Arc<ManualClock>) -> TestApp {
+        let base = format!("http://{}", app.local_addr());
+        let state = app.state();
+        tokio::spawn(app.run_until(std::future::pending()));
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("client");
+        TestApp {
+            base,
+            client,
+            clock,
+            state,
+            db,
+        }
+    }
+
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub(crate) async fn post(&self, path: &str, body: &Value) -> Response {
+        self.client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub(crate) async fn get_auth(&self, path: &str, access: &str) -> Response {
+        self.client
+            .get(self.url(path))
+            .bearer_auth(access)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub(crate) async fn register(&self, email: &str) -> Value {
+        let r = self
+            .post(
+                "/auth/register",
+                &json!({"email": email, "password": PASSWORD}),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::CREATED, "register {email}");
+        r.json().await.expect("user json")
+    }
+
+    pub(crate) async fn login_response(&self, login: &str, password: &str) -> Response {
+        self.post(
+            "/auth/login",
+            &json!({"email": login, "password": password}),
+        )
+        .await
+    }
+
+    pub(crate) async fn login(&self, email: &str) -> Tokens {
+        let r = self.login_response(email, PASSWORD).await;
+        assert_eq!(r.status(), StatusCode::OK, "login {email}");
+        tokens(r.json().await.expect("token json"))
+    }
+
+    /// Registers `email` and logs in once.
+    pub(crate) async fn user(&self, email: &str) -> Tokens {
+        self.register(email).await;
+        self.login(email).await
+    }
+
+    pub(crate) async fn refresh(&self, refresh: &str) -> Response {
+        self.post("/auth/refresh", &json!({"refresh_token": refresh}))
+            .await
+    }
+
+    pub(crate) async fn me_status(&self, access: &str) -> StatusCode {
+        self.get_auth("/auth/me", access).await.status()
+    }
+}
+
+pub(crate) fn tokens(body: Value) -> Tokens {
+    Tokens {
+        access: body["access_token"]
+            .as_str()
+            .expect("access_token")
+            .to_owned(),
+        refresh: body["refresh_token"]
+            .as_str()
+            .expect("refresh_token")
+            .to_owned(),
+        session_id: body["session_id"].as_str().expect("session_id").to_owned(),
+        body,
+    }
+}
+
+/// Asserts status and error code, returns the body.
+pub(crate) async fn assert_error(r: Response, status: u16, code: &str) -> Value {
+    assert_eq!(r.status().as_u16(), status, "expected {status} {code}");
+    let body: Value = r.json().await.expect("error body is JSON");
+    assert_eq!(body["error"], code, "{body}");
+    assert!(body["message"].is_string(), "{body}");
+    body
+}
+
+/// Base64url without padding, for crafting tokens.
+pub(crate) fn b64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+pub(crate) fn b64_decode(text: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(text)
+        .expect("base64url")
+}
+
+/// The claims of a JWT, decoded without verification (tests only).
+pub(crate) fn claims_of(token: &str) -> Value {
+    let part = token.split('.').nth(1).expect("payload");
+    serde_json::from_slice(&b64_decode(part)).expect("claims json")
+}
+
+pub(crate) fn header_of(token: &str) -> Value {
+    let part = token.split('.').next().expect("header");
+    serde_json::from_slice(&b64_decode(part)).expect("header json")
+}

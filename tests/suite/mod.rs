@@ -1,0 +1,15 @@
+//! The integration suite, run once per database backend by the `sqlite` and `postgres` test
+//! targets: a real Keygate on port 0 with a fresh database per test, speaking real HTTP.
+
+pub(crate) mod helpers;
+
+mod account;
+mod errors;
+mod families;
+mod logout;
+mod nodes;
+mod operations;
+mod refresh;
+mod sessions;
+mod store;
+mod tokens;

@@ -1,0 +1,172 @@
+//! Several Keygate nodes on one database: one truth.
+
+use std::sync::Arc;
+
+use futures_util::future::join_all;
+use keygate::App;
+use keygate::clock::ManualClock;
+use keygate_verify::Verifier;
+use serde_json::json;
+
+use crate::helpers::{TestApp, TestDb, claims_of, tokens};
+
+#[tokio::test]
+async fn a_token_rotated_on_one_node_and_replayed_on_another_after_the_grace_window_is_reuse() {
+    let Some(a) = TestApp::spawn().await else {
+        return;
+    };
+    let b = a.sibling("").await;
+    let first = a.user("ada@example.com").await;
+    let second = tokens(a.refresh(&first.refresh).await.json().await.unwrap());
+    // Inside the window node B hands out the same successor node A made.
+    let again = tokens(b.refresh(&first.refresh).await.json().await.unwrap());
+    assert_eq!(again.refresh, second.refresh);
+    a.clock.advance(std::time::Duration::from_secs(11));
+    assert_eq!(b.refresh(&first.refresh).await.status(), 401);
+    assert_eq!(
+        a.refresh(&second.refresh).await.status(),
+        401,
+        "the session is revoked for both"
+    );
+    assert_eq!(a.me_status(&second.access).await, 401);
+}
+
+#[tokio::test]
+async fn a_logout_on_one_node_stops_the_access_token_on_the_other_at_once() {
+    let Some(a) = TestApp::spawn().await else {
+        return;
+    };
+    let b = a.sibling("").await;
+    let t = a.user("ada@example.com").await;
+    assert_eq!(b.me_status(&t.access).await, 200);
+    let r = a
+        .client
+        .post(a.url("/auth/logout"))
+        .bearer_auth(&t.access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    // No cache to expire: node B reads the session on every request.
+    assert_eq!(b.me_status(&t.access).await, 401);
+}
+
+#[tokio::test]
+async fn a_session_revoked_on_one_node_is_refused_by_the_other() {
+    let Some(a) = TestApp::spawn().await else {
+        return;
+    };
+    let b = a.sibling("").await;
+    let phone = a.user("ada@example.com").await;
+    let laptop = a.login("ada@example.com").await;
+    let r = a
+        .client
+        .delete(a.url(&format!("/auth/sessions/{}", phone.session_id)))
+        .bearer_auth(&laptop.access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(b.me_status(&phone.access).await, 401);
+    assert_eq!(b.refresh(&phone.refresh).await.status(), 401);
+    assert_eq!(b.me_status(&laptop.access).await, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_nodes_starting_together_on_an_empty_database_agree_on_one_key() {
+    let Some(db) = TestDb::fresh().await else {
+        return;
+    };
+    let clock = Arc::new(ManualClock::new());
+    let (x, y) = tokio::join!(
+        App::build_with_clock(TestApp::config(&db, ""), clock.clone()),
+        App::build_with_clock(TestApp::config(&db, ""), clock.clone()),
+    );
+    let a = TestApp::serve(x.expect("node A starts"), db.clone(), clock.clone());
+    let b = TestApp::serve(y.expect("node B starts"), db, clock);
+    let jwks_a = a
+        .client
+        .get(a.url("/.well-known/jwks.json"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let jwks_b = b
+        .client
+        .get(b.url("/.well-known/jwks.json"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(jwks_a, jwks_b);
+    let keys: serde_json::Value = serde_json::from_str(&jwks_a).unwrap();
+    assert_eq!(keys["keys"].as_array().unwrap().len(), 1);
+    a.register("ada@example.com").await;
+    let from_a = a.login("ada@example.com").await;
+    let from_b = b.login("ada@example.com").await;
+    assert_eq!(b.me_status(&from_a.access).await, 200);
+    assert_eq!(a.me_status(&from_b.access).await, 200);
+    let verifier =
+        Verifier::from_jwks("EdDSA", &jwks_a, "http://127.0.0.1:8080", &["keygate"]).unwrap();
+    let now = claims_of(&from_b.access)["iat"].as_i64().unwrap();
+    assert!(
+        verifier.verify(&from_a.access, now).is_ok()
+            && verifier.verify(&from_b.access, now).is_ok()
+    );
+}
+
+async fn race_over(nodes: &[&TestApp], refresh: &str, n: usize) -> Vec<(u16, serde_json::Value)> {
+    let requests = (0..n).map(|i| async move {
+        let node = nodes[i % nodes.len()];
+        let r = node.refresh(refresh).await;
+        let status = r.status().as_u16();
+        (
+            status,
+            r.json::<serde_json::Value>().await.unwrap_or(json!(null)),
+        )
+    });
+    join_all(requests).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_refreshes_over_two_nodes_without_grace_have_one_winner_and_no_5xx() {
+    let Some(a) = TestApp::spawn_with("refresh_reuse_grace = \"0\"").await else {
+        return;
+    };
+    let b = a.sibling("refresh_reuse_grace = \"0\"").await;
+    let t = a.user("ada@example.com").await;
+    let results = race_over(&[&a, &b], &t.refresh, 40).await;
+    assert_eq!(
+        results.iter().filter(|(s, _)| *s == 200).count(),
+        1,
+        "{results:?}"
+    );
+    assert!(
+        results.iter().all(|(s, _)| *s == 200 || *s == 401),
+        "{results:?}"
+    );
+    let winner = tokens(results.iter().find(|(s, _)| *s == 200).unwrap().1.clone());
+    assert_eq!(b.refresh(&winner.refresh).await.status(), 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_refreshes_over_two_nodes_inside_the_grace_window_all_get_the_same_token() {
+    let Some(a) = TestApp::spawn().await else {
+        return;
+    };
+    let b = a.sibling("").await;
+    let t = a.user("ada@example.com").await;
+    let results = race_over(&[&a, &b], &t.refresh, 40).await;
+    assert!(results.iter().all(|(s, _)| *s == 200), "{results:?}");
+    let first = &results[0].1["refresh_token"];
+    assert!(
+        results
+            .iter()
+            .all(|(_, body)| &body["refresh_token"] == first)
+    );
+    assert_eq!(b.refresh(first.as_str().unwrap()).await.status(), 200);
+}
