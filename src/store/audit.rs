@@ -98,7 +98,7 @@ impl Store {
             .execute(pool)
             .await
             .map(|_| ())?
-        });
+        })?;
         Ok(())
     }
 
@@ -119,7 +119,7 @@ impl Store {
             .bind(i64::from(q.limit))
             .fetch_all(pool)
             .await?
-        });
+        })?;
         Ok(rows
             .into_iter()
             .map(|r| AuditRecord {

@@ -35,7 +35,7 @@ impl Store {
             .bind(algorithm)
             .fetch_optional(pool)
             .await?
-        });
+        })?;
         Ok(row.map(StoredKey::from))
     }
 
@@ -54,7 +54,7 @@ impl Store {
             .execute(pool)
             .await?
             .rows_affected()
-        });
+        })?;
         Ok(done == 1)
     }
 
@@ -68,7 +68,7 @@ impl Store {
             .bind(algorithm)
             .fetch_all(pool)
             .await?
-        });
+        })?;
         Ok(rows.into_iter().map(StoredKey::from).collect())
     }
 }

@@ -102,34 +102,48 @@ pub struct Store {
     backend: Backend,
 }
 
-/// Runs `$body` with `$pool` bound to the backend's pool (`read` or `write` for SQLite).
+/// Runs `$body` with `$pool` bound to the backend's pool (`read` or `write`: SQLite has
+/// separate pools for them) and evaluates to `Result<T, StoreError>`. Inside `$body`, `?`
+/// works on `sqlx::Error`. Transient failures (see [`is_transient`]) run `$body` again, up to
+/// three times with a short back-off, so a lost race inside the database is never surfaced.
 macro_rules! on_pool {
     ($store:expr, read, |$pool:ident| $body:expr) => {
-        match &$store.backend {
-            $crate::store::Backend::Sqlite { reader, .. } => {
-                let $pool = reader;
-                $body
-            }
-            $crate::store::Backend::Postgres(pg) => {
-                let $pool = pg;
-                $body
-            }
-        }
+        $crate::store::on_pool!(@run $store, reader, |$pool| $body)
     };
     ($store:expr, write, |$pool:ident| $body:expr) => {
-        match &$store.backend {
-            $crate::store::Backend::Sqlite { writer, .. } => {
-                let $pool = writer;
-                $body
-            }
-            $crate::store::Backend::Postgres(pg) => {
-                let $pool = pg;
-                $body
+        $crate::store::on_pool!(@run $store, writer, |$pool| $body)
+    };
+    (@run $store:expr, $side:ident, |$pool:ident| $body:expr) => {{
+        let mut attempt: u32 = 0;
+        loop {
+            let result: ::std::result::Result<_, ::sqlx::Error> = match &$store.backend {
+                $crate::store::Backend::Sqlite { $side: $pool, .. } => async { Ok($body) }.await,
+                $crate::store::Backend::Postgres($pool) => async { Ok($body) }.await,
+            };
+            match result {
+                Ok(value) => break Ok(value),
+                Err(e) if attempt < 3 && $crate::store::is_transient(&e) => {
+                    attempt += 1;
+                    ::tokio::time::sleep(::std::time::Duration::from_millis(10 << attempt)).await;
+                }
+                Err(e) => break Err($crate::store::StoreError::from(e)),
             }
         }
-    };
+    }};
 }
 pub(crate) use on_pool;
+
+/// Failures worth running the statement again for: PostgreSQL's serialization failure and
+/// deadlock, SQLite's busy and locked (another process holds the write lock past the timeout).
+pub(crate) fn is_transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => matches!(
+            db.code().as_deref(),
+            Some("40001" | "40P01" | "5" | "6" | "261" | "262" | "517" | "773")
+        ),
+        _ => false,
+    }
+}
 
 impl Store {
     /// Opens the database named by `database_url` (creating a SQLite file if needed).
@@ -205,7 +219,8 @@ impl Store {
         on_pool!(self, read, |pool| sqlx::query("select 1")
             .execute(pool)
             .await
-            .is_ok())
+            .map(|_| ())?)
+        .is_ok()
     }
 
     /// Closes every connection (graceful shutdown).

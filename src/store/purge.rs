@@ -47,7 +47,7 @@ impl Store {
             .execute(pool)
             .await?
             .rows_affected()
-        });
+        })?;
         let sealed_successors = on_pool!(self, write, |pool| {
             sqlx::query(
                 "update sessions set sealed_successor = null \
@@ -57,14 +57,14 @@ impl Store {
             .execute(pool)
             .await?
             .rows_affected()
-        });
+        })?;
         let audit_events = on_pool!(self, write, |pool| {
             sqlx::query("delete from audit_events where at < $1")
                 .bind(to_millis(audit_before))
                 .execute(pool)
                 .await?
                 .rows_affected()
-        });
+        })?;
         Ok(PurgeCounts {
             sessions,
             sealed_successors,
@@ -81,7 +81,7 @@ impl Store {
             )
             .fetch_one(pool)
             .await?
-        });
+        })?;
         Ok(TableCounts {
             users,
             sessions,

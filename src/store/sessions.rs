@@ -160,7 +160,7 @@ impl Store {
             .execute(pool)
             .await
             .map(|_| ())?
-        });
+        })?;
         Ok(())
     }
 
@@ -168,11 +168,11 @@ impl Store {
     pub async fn find_session(&self, id: SessionId) -> Result<Option<SessionRecord>, StoreError> {
         let sql = format!("select {SESSION_COLUMNS} from sessions where id = $1");
         let row: Option<SessionRow> = on_pool!(self, read, |pool| {
-            sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
                 .bind(id.to_string())
                 .fetch_optional(pool)
                 .await?
-        });
+        })?;
         row.map(SessionRecord::try_from).transpose()
     }
 
@@ -193,7 +193,7 @@ impl Store {
             .bind(to_millis(now))
             .fetch_optional(pool)
             .await?
-        });
+        })?;
         Ok(found.is_some())
     }
 
@@ -221,7 +221,7 @@ impl Store {
             .execute(pool)
             .await?
             .rows_affected()
-        });
+        })?;
         Ok(done == 1)
     }
 
@@ -243,7 +243,7 @@ impl Store {
             .execute(pool)
             .await?
             .rows_affected()
-        });
+        })?;
         Ok(done == 1)
     }
 
@@ -264,11 +264,11 @@ impl Store {
             .bind(user_id.to_string())
             .bind(to_millis(now))
             .bind(reason)
-            .bind(keep)
+            .bind(&keep)
             .execute(pool)
             .await?
             .rows_affected()
-        });
+        })?;
         Ok(done)
     }
 
@@ -293,7 +293,7 @@ impl Store {
             .execute(pool)
             .await?
             .rows_affected()
-        });
+        })?;
         Ok(done)
     }
 
@@ -309,12 +309,12 @@ impl Store {
              order by last_active_at desc, id desc"
         );
         let rows: Vec<SessionRow> = on_pool!(self, read, |pool| {
-            sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
                 .bind(user_id.to_string())
                 .bind(to_millis(now))
                 .fetch_all(pool)
                 .await?
-        });
+        })?;
         rows.into_iter().map(SessionRecord::try_from).collect()
     }
 }

@@ -121,7 +121,7 @@ impl Store {
              returning {USER_COLUMNS}"
         );
         let row: UserRow = on_pool!(self, write, |pool| {
-            sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
                 .bind(id.to_string())
                 .bind(new.email.as_str())
                 .bind(&new.username)
@@ -132,7 +132,7 @@ impl Store {
                 .bind(to_millis(now))
                 .fetch_one(pool)
                 .await?
-        });
+        })?;
         row.try_into()
     }
 
@@ -140,11 +140,11 @@ impl Store {
     pub async fn find_user(&self, id: UserId) -> Result<Option<UserRecord>, StoreError> {
         let sql = format!("select {USER_COLUMNS} from users where id = $1");
         let row: Option<UserRow> = on_pool!(self, read, |pool| {
-            sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
                 .bind(id.to_string())
                 .fetch_optional(pool)
                 .await?
-        });
+        })?;
         row.map(UserRecord::try_from).transpose()
     }
 
@@ -160,11 +160,11 @@ impl Store {
         };
         let sql = format!("select {USER_COLUMNS}, password_hash from users where {column} = $1");
         let row: Option<CredentialRow> = on_pool!(self, read, |pool| {
-            sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
                 .bind(login)
                 .fetch_optional(pool)
                 .await?
-        });
+        })?;
         row.map(|r| Ok((r.user.try_into()?, StoredHash(r.password_hash))))
             .transpose()
     }
@@ -176,7 +176,7 @@ impl Store {
                 .bind(id.to_string())
                 .fetch_optional(pool)
                 .await?
-        });
+        })?;
         Ok(hash.map(StoredHash))
     }
 
@@ -197,16 +197,16 @@ impl Store {
              where id = $1 returning {USER_COLUMNS}"
         );
         let row: Option<UserRow> = on_pool!(self, write, |pool| {
-            sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
                 .bind(id.to_string())
                 .bind(name.is_some())
-                .bind(name.flatten())
+                .bind(name.clone().flatten())
                 .bind(username.is_some())
-                .bind(username.flatten())
+                .bind(username.clone().flatten())
                 .bind(to_millis(now))
                 .fetch_optional(pool)
                 .await?
-        });
+        })?;
         row.map(UserRecord::try_from).transpose()
     }
 
@@ -225,7 +225,7 @@ impl Store {
                 .execute(pool)
                 .await?
                 .rows_affected()
-        });
+        })?;
         Ok(done == 1)
     }
 
@@ -244,7 +244,7 @@ impl Store {
                 .execute(pool)
                 .await?
                 .rows_affected()
-        });
+        })?;
         Ok(done == 1)
     }
 }
