@@ -64,6 +64,12 @@ pub struct Config {
     pub signing: SigningConfig,
     /// Password hashing and policy.
     pub password: PasswordConfig,
+    /// Rate limits and brute-force defence.
+    pub rate_limits: RateLimitsConfig,
+    /// Redis for limits shared across nodes; in-process memory when unset.
+    pub redis_url: Option<SecretString>,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Whether anyone may register.
     pub registration: Registration,
     /// Sessions a user may hold at once; the least recently used ends beyond it.
@@ -102,6 +108,52 @@ pub struct PasswordConfig {
     pub max_length: usize,
     /// Hashes computed at once; more wait their turn.
     pub max_concurrent_hashes: usize,
+    /// Hashes allowed to wait for a turn; beyond it requests get 503 at once.
+    pub max_queued_hashes: usize,
+    /// Lowest zxcvbn score (0–4) a new password must reach.
+    pub min_score: u8,
+}
+
+/// A rate: `count` events per `period` (`20/1m`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rate {
+    /// Events allowed per period (also the burst).
+    pub count: u32,
+    /// The period.
+    pub period: Duration,
+}
+
+impl fmt::Display for Rate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.count, format_duration(self.period))
+    }
+}
+
+/// Parses `20/1m`: a whole number, a slash, a duration.
+pub fn parse_rate(s: &str) -> Option<Rate> {
+    let (count, period) = s.trim().split_once('/')?;
+    let count: u32 = count.trim().parse().ok()?;
+    let period = parse_duration(period)?;
+    (count > 0 && !period.is_zero()).then_some(Rate { count, period })
+}
+
+/// `rate_limits.*`
+#[derive(Clone, Debug)]
+pub struct RateLimitsConfig {
+    /// Whether any limit is enforced.
+    pub enabled: bool,
+    /// `POST /auth/login` per client IP.
+    pub login: Rate,
+    /// `POST /auth/register` per client IP.
+    pub register: Rate,
+    /// `POST /auth/refresh` per client IP.
+    pub refresh: Rate,
+    /// `POST /auth/password` per client IP.
+    pub password: Rate,
+    /// `POST /oauth/token` per client IP.
+    pub token: Rate,
+    /// Failed logins per account and per (account, IP) before exponential back-off starts.
+    pub failed_logins: Rate,
 }
 
 /// `registration`
@@ -225,6 +277,27 @@ impl Config {
                     .collect(),
             },
             password: &self.password,
+            rate_limits: {
+                let r = &self.rate_limits;
+                RedactedRateLimits {
+                    enabled: r.enabled,
+                    login: r.login.to_string(),
+                    register: r.register.to_string(),
+                    refresh: r.refresh.to_string(),
+                    password: r.password.to_string(),
+                    token: r.token.to_string(),
+                    failed_logins: r.failed_logins.to_string(),
+                }
+            },
+            redis_url: self
+                .redis_url
+                .as_ref()
+                .map(|u| redact_url(u.expose_secret())),
+            trusted_proxies: self
+                .trusted_proxies
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
             audit: RedactedAudit {
                 retention: format_duration(self.audit_retention),
             },
@@ -288,8 +361,23 @@ struct RedactedView<'a> {
     truncate_session_ip: bool,
     signing: RedactedSigning,
     password: &'a PasswordConfig,
+    rate_limits: RedactedRateLimits,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redis_url: Option<String>,
+    trusted_proxies: Vec<String>,
     audit: RedactedAudit,
     log: &'a LogConfig,
+}
+
+#[derive(Serialize)]
+struct RedactedRateLimits {
+    enabled: bool,
+    login: String,
+    register: String,
+    refresh: String,
+    password: String,
+    token: String,
+    failed_logins: String,
 }
 
 #[derive(Serialize)]
@@ -338,6 +426,10 @@ struct RawConfig {
     signing: RawSigning,
     #[serde(default)]
     password: RawPassword,
+    #[serde(default)]
+    rate_limits: RawRateLimits,
+    redis_url: Option<Text>,
+    trusted_proxies: Option<TextList>,
     registration: Option<Text>,
     max_sessions_per_user: Option<Text>,
     truncate_session_ip: Option<Text>,
@@ -345,6 +437,18 @@ struct RawConfig {
     audit: RawAudit,
     #[serde(default)]
     log: RawLog,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRateLimits {
+    enabled: Option<Text>,
+    login: Option<Text>,
+    register: Option<Text>,
+    refresh: Option<Text>,
+    password: Option<Text>,
+    token: Option<Text>,
+    failed_logins: Option<Text>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -370,6 +474,8 @@ struct RawPassword {
     min_length: Option<Text>,
     max_length: Option<Text>,
     max_concurrent_hashes: Option<Text>,
+    max_queued_hashes: Option<Text>,
+    min_score: Option<Text>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -603,6 +709,35 @@ impl TryFrom<RawConfig> for Config {
 
         let signing = signing(raw.signing)?;
         let password = password(raw.password)?;
+        let rate_limits = rate_limits(raw.rate_limits)?;
+        let redis_url = match raw.redis_url {
+            None => None,
+            Some(t) if t.0.starts_with("redis://") || t.0.starts_with("rediss://") => {
+                Some(SecretString::from(t.0))
+            }
+            Some(_) => {
+                return Err(ConfigError::key(
+                    "redis_url",
+                    "expected `redis://HOST:PORT` or `rediss://…`",
+                ));
+            }
+        };
+        let trusted_proxies = raw
+            .trusted_proxies
+            .map(|l| l.0)
+            .unwrap_or_default()
+            .iter()
+            .map(|p| {
+                p.parse::<ipnet::IpNet>()
+                    .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        ConfigError::key(
+                            "trusted_proxies",
+                            "expected IP addresses or CIDR networks such as `10.0.0.0/8`",
+                        )
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
 
         let registration = match text(raw.registration, "open").as_str() {
             "open" => Registration::Open,
@@ -661,6 +796,9 @@ impl TryFrom<RawConfig> for Config {
             leeway,
             signing,
             password,
+            rate_limits,
+            redis_url,
+            trusted_proxies,
             registration,
             max_sessions_per_user,
             truncate_session_ip,
@@ -720,6 +858,28 @@ fn signing(raw: RawSigning) -> Result<SigningConfig, ConfigError> {
     })
 }
 
+fn rate(key: &str, v: Option<Text>, default: &str) -> Result<Rate, ConfigError> {
+    let text = text(v, default);
+    parse_rate(&text).ok_or_else(|| {
+        ConfigError::key(
+            key,
+            format!("expected a rate such as `{default}` (count per duration)"),
+        )
+    })
+}
+
+fn rate_limits(raw: RawRateLimits) -> Result<RateLimitsConfig, ConfigError> {
+    Ok(RateLimitsConfig {
+        enabled: boolean("rate_limits.enabled", raw.enabled, true)?,
+        login: rate("rate_limits.login", raw.login, "20/1m")?,
+        register: rate("rate_limits.register", raw.register, "5/1m")?,
+        refresh: rate("rate_limits.refresh", raw.refresh, "60/1m")?,
+        password: rate("rate_limits.password", raw.password, "5/1m")?,
+        token: rate("rate_limits.token", raw.token, "20/1m")?,
+        failed_logins: rate("rate_limits.failed_logins", raw.failed_logins, "5/15m")?,
+    })
+}
+
 fn password(raw: RawPassword) -> Result<PasswordConfig, ConfigError> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let cfg = PasswordConfig {
@@ -733,7 +893,15 @@ fn password(raw: RawPassword) -> Result<PasswordConfig, ConfigError> {
             raw.max_concurrent_hashes,
             cores,
         )?,
+        max_queued_hashes: number("password.max_queued_hashes", raw.max_queued_hashes, 64usize)?,
+        min_score: number("password.min_score", raw.min_score, 3u8)?,
     };
+    if cfg.min_score > 4 {
+        return Err(ConfigError::key(
+            "password.min_score",
+            "must be between 0 and 4 (zxcvbn's scale)",
+        ));
+    }
     if cfg.memory_kib < MIN_ARGON2_MEMORY_KIB || cfg.memory_kib > 4 * 1024 * 1024 {
         return Err(ConfigError::key(
             "password.memory_kib",
@@ -795,6 +963,25 @@ mod tests {
         assert_eq!(c.max_sessions_per_user, 20);
         assert_eq!(c.registration, Registration::Open);
         assert!(c.session_max_lifetime.is_none());
+    }
+
+    #[test]
+    fn rates_parse_and_render() {
+        let r = parse_rate("20/1m").unwrap();
+        assert_eq!((r.count, r.period), (20, Duration::from_secs(60)));
+        assert_eq!(r.to_string(), "20/1m");
+        for bad in ["", "20", "/1m", "0/1m", "20/0", "x/1m", "20/1 m"] {
+            assert!(parse_rate(bad).is_none(), "{bad}");
+        }
+        let c = Config::from_toml("").unwrap();
+        assert_eq!(c.rate_limits.failed_logins.to_string(), "5/15m");
+        assert_eq!(c.rate_limits.register.to_string(), "5/1m");
+        let e = err("rate_limits.login = \"lots\"");
+        assert!(e.contains("`rate_limits.login`"), "{e}");
+        let e = err("trusted_proxies = [\"not an ip\"]");
+        assert!(e.contains("`trusted_proxies`"), "{e}");
+        let c = Config::from_toml("trusted_proxies = \"10.0.0.0/8, 192.168.1.1\"").unwrap();
+        assert_eq!(c.trusted_proxies.len(), 2);
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod clock;
 pub mod config;
 pub mod domain;
 pub mod http;
+pub mod limits;
 pub mod password;
 pub mod store;
 pub mod token;

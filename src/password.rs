@@ -6,6 +6,7 @@
 //! costs the same time as a wrong password.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use argon2::password_hash::{PasswordHasher as _, PasswordVerifier as _};
 use argon2::{Algorithm, Argon2, Params, Version};
@@ -27,13 +28,27 @@ pub enum PasswordError {
     /// The blocking task panicked or was cancelled.
     #[error("password hashing task failed")]
     Task,
+    /// Too many hashes are already waiting: answer 503 now rather than queue without bound.
+    #[error("password hashing queue full")]
+    Busy,
 }
 
 /// Hashes and verifies passwords. Cheap to share: clone the `Arc`.
 pub struct Hasher {
     argon: Argon2<'static>,
     permits: Arc<Semaphore>,
+    waiting: Arc<AtomicUsize>,
+    max_waiting: usize,
     dummy_hash: String,
+}
+
+/// Counts a request waiting for a hashing permit; uncounts it however the wait ends.
+struct Waiting(Arc<AtomicUsize>);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl std::fmt::Debug for Hasher {
@@ -62,6 +77,8 @@ impl Hasher {
         Ok(Hasher {
             argon,
             permits: Arc::new(Semaphore::new(cfg.max_concurrent_hashes)),
+            waiting: Arc::new(AtomicUsize::new(0)),
+            max_waiting: cfg.max_queued_hashes,
             dummy_hash,
         })
     }
@@ -114,18 +131,68 @@ impl Hasher {
         &self,
         work: impl FnOnce() -> Result<T, PasswordError> + Send + 'static,
     ) -> Result<T, PasswordError> {
-        let _permit = self
-            .permits
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| PasswordError::Task)?;
+        let _permit = match self.permits.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                if self.waiting.fetch_add(1, Ordering::SeqCst) >= self.max_waiting {
+                    self.waiting.fetch_sub(1, Ordering::SeqCst);
+                    return Err(PasswordError::Busy);
+                }
+                let _waiting = Waiting(self.waiting.clone());
+                self.permits
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| PasswordError::Task)?
+            }
+        };
         let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || span.in_scope(work))
             .instrument(tracing::Span::current())
             .await
             .map_err(|_| PasswordError::Task)?
     }
+}
+
+/// Checks a new password against the policy beyond its length: it must not be or contain the
+/// email, its local part or the username, and zxcvbn must score it at least `min_score`
+/// (zxcvbn knows tens of thousands of common and breached passwords, names and words).
+/// Returns the message for `fields.<password field>`.
+pub fn check_policy(
+    password: &Password,
+    email: &str,
+    username: Option<&str>,
+    min_score: u8,
+) -> Result<(), String> {
+    let lower = password.expose().to_lowercase();
+    let local = email.split('@').next().unwrap_or("");
+    let mut personal = vec![email];
+    if local.chars().count() >= 4 {
+        personal.push(local);
+    }
+    if let Some(u) = username.filter(|u| u.chars().count() >= 3) {
+        personal.push(u);
+    }
+    if personal
+        .iter()
+        .any(|p| !p.is_empty() && lower.contains(&p.to_lowercase()))
+    {
+        return Err("must not contain your email address or username".to_owned());
+    }
+    // zxcvbn's cost grows with length; its authors advise scoring the first 100 characters.
+    let head: String = password.expose().chars().take(100).collect();
+    let estimate = zxcvbn::zxcvbn(&head, &personal);
+    if (estimate.score() as u8) < min_score {
+        let hint = estimate
+            .feedback()
+            .and_then(|f| f.warning())
+            .map(|w| format!(" ({w})"))
+            .unwrap_or_default();
+        return Err(format!(
+            "is too easy to guess{hint}: use a longer passphrase of several unrelated words"
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -149,6 +216,74 @@ mod tests {
         assert!(h.verify(&pw, Some(&hash)).await.unwrap());
         let wrong = Password::presented("correct horse battery!", 256).unwrap();
         assert!(!h.verify(&wrong, Some(&hash)).await.unwrap());
+    }
+
+    fn policy(pw: &str) -> Result<(), String> {
+        check_policy(
+            &Password::presented(pw, 256).unwrap(),
+            "ada.lovelace@example.com",
+            Some("countess"),
+            3,
+        )
+    }
+
+    #[test]
+    fn common_and_personal_passwords_are_refused() {
+        for weak in [
+            "password",
+            "password123",
+            "qwertyuiop",
+            "iloveyou1",
+            "12345678",
+            "letmein!",
+        ] {
+            assert!(policy(weak).is_err(), "{weak}");
+        }
+        for personal in [
+            "ada.lovelace@example.com",
+            "xxada.lovelacexx99",
+            "Countess-1843-zz",
+        ] {
+            let e = policy(personal).unwrap_err();
+            assert!(
+                e.contains("email") || e.contains("guess"),
+                "{personal}: {e}"
+            );
+        }
+        for strong in [
+            "correct horse battery staple",
+            "a brand new passphrase",
+            "pässwörd-pässwörd",
+        ] {
+            assert!(policy(strong).is_ok(), "{strong}: {:?}", policy(strong));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_answers_busy_at_once() {
+        let mut cfg = Config::from_toml("").unwrap().password;
+        cfg.max_concurrent_hashes = 1;
+        cfg.max_queued_hashes = 1;
+        let h = Arc::new(Hasher::new(&cfg).unwrap());
+        let pw = Password::presented("anything at all", 256).unwrap();
+        let running: Vec<_> = (0..2)
+            .map(|_| {
+                let (h, pw) = (h.clone(), pw.clone());
+                tokio::spawn(async move { h.verify(&pw, None).await })
+            })
+            .collect();
+        for _ in 0..10_000 {
+            if h.waiting.load(Ordering::SeqCst) == 1 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        // One hashing, one waiting: the third is refused without waiting.
+        let third = h.verify(&pw, None).await;
+        assert!(matches!(third, Err(PasswordError::Busy)), "{third:?}");
+        for r in running {
+            assert!(r.await.unwrap().is_ok());
+        }
     }
 
     #[tokio::test]

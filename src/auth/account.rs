@@ -4,6 +4,8 @@ use super::events::Event;
 use super::{Auth, AuthError, FieldErrors, Principal};
 use crate::config;
 use crate::domain::{ClientInfo, DisplayName, Email, FieldError, Password, Username};
+use crate::limits::Action;
+use crate::password;
 use crate::store::{NewUser, UserRecord};
 
 /// A registration as received (unvalidated).
@@ -50,6 +52,33 @@ fn required<'a>(
 }
 
 impl Auth {
+    /// [`password::check_policy`] off the runtime (zxcvbn takes a few milliseconds); a
+    /// refusal is a 422 on `field`.
+    async fn check_policy(
+        &self,
+        password: &Password,
+        field: &'static str,
+        email: &str,
+        username: Option<&str>,
+    ) -> Result<(), AuthError> {
+        let (pw, email, username) = (
+            password.clone(),
+            email.to_owned(),
+            username.map(str::to_owned),
+        );
+        let min_score = self.config.password.min_score;
+        let verdict = tokio::task::spawn_blocking(move || {
+            password::check_policy(&pw, &email, username.as_deref(), min_score)
+        })
+        .await
+        .map_err(|_| AuthError::Internal("password policy check failed".to_owned()))?;
+        verdict.map_err(|message| {
+            let mut errors = FieldErrors::new();
+            errors.insert(field, message);
+            AuthError::Validation(errors)
+        })
+    }
+
     /// Creates an account through public registration.
     pub async fn register(
         &self,
@@ -59,6 +88,7 @@ impl Auth {
         if self.config.registration == config::Registration::Closed {
             return Err(AuthError::RegistrationClosed);
         }
+        self.limit(Action::Register, client).await?;
         self.create_user(input, Vec::new(), Vec::new(), client)
             .await
     }
@@ -93,6 +123,13 @@ impl Auth {
         let (Some(email), Some(password), true) = (email, password, errors.is_empty()) else {
             return Err(AuthError::Validation(errors));
         };
+        self.check_policy(
+            &password,
+            "password",
+            email.as_str(),
+            username.as_ref().map(Username::as_str),
+        )
+        .await?;
         let password_hash = self.hasher.hash(&password).await?;
         let user = self
             .store
@@ -160,6 +197,7 @@ impl Auth {
         new: Option<String>,
         client: &ClientInfo,
     ) -> Result<(), AuthError> {
+        self.limit(Action::Password, client).await?;
         let policy = &self.config.password;
         let mut errors = FieldErrors::new();
         let current = required(&mut errors, "current_password", &current).and_then(|p| {
@@ -198,6 +236,9 @@ impl Auth {
             );
             return Err(AuthError::Validation(errors));
         }
+        let me = self.me(who).await?;
+        self.check_policy(&new, "new_password", &me.email, me.username.as_deref())
+            .await?;
         let hash = self.hasher.hash(&new).await?;
         let now = self.now();
         self.store

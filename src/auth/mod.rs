@@ -20,6 +20,8 @@ pub use sessions::{LogoutScope, Principal, TokenPair};
 
 use crate::clock::Clock;
 use crate::config::{Config, algorithm_name};
+use crate::domain::ClientInfo;
+use crate::limits::{Action, Limits, RetryAfter};
 use crate::password::{Hasher, PasswordError};
 use crate::store::{PurgeCounts, Store, StoreError};
 use crate::token::{KeyRing, TokenError, generate_key};
@@ -65,9 +67,12 @@ pub enum AuthError {
     /// No such resource (or not the caller's).
     #[error("not found")]
     NotFound,
-    /// The database is unreachable or overloaded.
+    /// The database is unreachable or the server is overloaded.
     #[error("unavailable")]
     Unavailable,
+    /// A rate limit or the failed-login back-off: retry after this long.
+    #[error("rate limited")]
+    RateLimited(RetryAfter),
     /// A bug or an unexpected failure; the text is for the log only.
     #[error("internal error: {0}")]
     Internal(String),
@@ -85,7 +90,10 @@ impl From<StoreError> for AuthError {
 
 impl From<PasswordError> for AuthError {
     fn from(e: PasswordError) -> Self {
-        AuthError::Internal(e.to_string())
+        match e {
+            PasswordError::Busy => AuthError::Unavailable,
+            other => AuthError::Internal(other.to_string()),
+        }
     }
 }
 
@@ -120,6 +128,9 @@ pub enum StartupError {
     /// The hasher failed.
     #[error("password hasher: {0}")]
     Password(#[from] PasswordError),
+    /// The rate limiter could not be set up.
+    #[error("rate limits: {0}")]
+    Limits(String),
     /// Binding the listener failed.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -137,6 +148,7 @@ pub struct Auth {
     store: Store,
     keys: KeyRing,
     hasher: Hasher,
+    limits: Arc<Limits>,
     clock: Arc<dyn Clock>,
 }
 
@@ -157,11 +169,13 @@ impl Auth {
     ) -> Result<Auth, StartupError> {
         let keys = load_key_ring(&config, &store, clock.now()).await?;
         let hasher = Hasher::build(&config.password).await?;
+        let limits = Arc::new(Limits::new(&config, clock.clone()).map_err(StartupError::Limits)?);
         Ok(Auth {
             config,
             store,
             keys,
             hasher,
+            limits,
             clock,
         })
     }
@@ -181,6 +195,38 @@ impl Auth {
         &self.keys
     }
 
+    /// The rate limiters.
+    pub fn limits(&self) -> &Arc<Limits> {
+        &self.limits
+    }
+
+    /// Takes one `action` from the client IP's budget; a denial is audited (at most once a
+    /// minute per IP and action) and becomes [`AuthError::RateLimited`].
+    pub(crate) async fn limit(&self, action: Action, client: &ClientInfo) -> Result<(), AuthError> {
+        let ip = client.ip.as_deref();
+        if let Err(retry) = self.limits.check_ip(action, ip).await {
+            self.rate_limited(action, client).await;
+            return Err(AuthError::RateLimited(retry));
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn rate_limited(&self, action: Action, client: &ClientInfo) {
+        tracing::info!(
+            event = "rate_limited",
+            action = action.name(),
+            "request refused by a rate limit"
+        );
+        if self.limits.should_audit(action, client.ip.as_deref()) {
+            self.emit(events::Event::failure(
+                "rate_limited",
+                client,
+                action.name(),
+            ))
+            .await;
+        }
+    }
+
     /// The current time, at the millisecond precision the database keeps, so that a time
     /// computed here and one read back from a row compare exactly.
     pub fn now(&self) -> OffsetDateTime {
@@ -193,6 +239,7 @@ impl Auth {
     pub async fn purge(&self) -> Result<PurgeCounts, AuthError> {
         let now = self.now();
         let ago = |d: Duration| now - time::Duration::try_from(d).unwrap_or(time::Duration::ZERO);
+        self.limits.sweep();
         let counts = self
             .store
             .purge(

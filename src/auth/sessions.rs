@@ -9,6 +9,7 @@ use time::OffsetDateTime;
 use super::events::Event;
 use super::{Auth, AuthError, FieldErrors, TokenProblem};
 use crate::domain::{ClientInfo, FieldError, Password, SessionId, UserId};
+use crate::limits::Action;
 use crate::store::{NewSession, Rotation, SessionRecord, UserRecord};
 use crate::token::{AccessGrant, RefreshToken};
 
@@ -70,6 +71,7 @@ impl Auth {
         password: Option<String>,
         client: ClientInfo,
     ) -> Result<TokenPair, AuthError> {
+        self.limit(Action::Login, &client).await?;
         let mut errors = FieldErrors::new();
         if login.as_deref().is_none_or(|l| l.trim().is_empty()) {
             errors.insert("email", FieldError::Required.to_string());
@@ -91,6 +93,12 @@ impl Auth {
             return Err(AuthError::Validation(errors));
         };
         let login = login.trim().to_lowercase();
+        let ip = client.ip.as_deref();
+        // Before any work: an account or (account, IP) in back-off costs the attacker a 429.
+        if let Err(retry) = self.limits.check_login(&login, ip).await {
+            self.rate_limited(Action::Login, &client).await;
+            return Err(AuthError::RateLimited(retry));
+        }
         // No account can have control characters in its email or username (and PostgreSQL
         // refuses NUL in text): such a login is simply unknown.
         let found = if login.chars().any(char::is_control) {
@@ -103,6 +111,11 @@ impl Auth {
             .hasher
             .verify(&password, found.as_ref().map(|(_, h)| h.phc()))
             .await?;
+        if ok {
+            self.limits.login_succeeded(&login, ip).await;
+        } else {
+            self.limits.login_failed(&login, ip).await;
+        }
         let user = match found {
             Some((user, _)) if ok => user,
             Some((user, _)) => {
@@ -227,6 +240,7 @@ impl Auth {
         presented: &str,
         client: &ClientInfo,
     ) -> Result<TokenPair, AuthError> {
+        self.limit(Action::Refresh, client).await?;
         let Some(token) = RefreshToken::parse(presented) else {
             self.emit(Event::failure("refresh_failed", client, "malformed"))
                 .await;

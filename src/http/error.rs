@@ -189,6 +189,7 @@ impl From<AuthError> for ApiError {
             AuthError::InvalidRefreshToken => ApiError::InvalidRefreshToken,
             AuthError::NotFound => ApiError::NotFound,
             AuthError::Unavailable => ApiError::Unavailable(1),
+            AuthError::RateLimited(retry) => ApiError::RateLimited(retry.seconds()),
             AuthError::Internal(detail) => ApiError::internal(&detail),
         }
     }
