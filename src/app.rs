@@ -5,14 +5,30 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use axum::Router;
+use axum::extract::ConnectInfo;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tower::ServiceExt as _;
 
 use crate::auth::{Auth, PURGE_INTERVAL, StartupError};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::http::{self, AppState};
 use crate::store::Store;
+
+/// A client has this long to send its request headers (slow-loris defence).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Open connections at most; more are closed on accept.
+pub const MAX_CONNECTIONS: usize = 10_000;
+/// How long shutdown waits for in-flight requests.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
 /// A built server, bound but not yet serving.
 #[derive(Debug)]
@@ -70,23 +86,69 @@ impl App {
         http::router(self.state.clone())
     }
 
-    /// Serves until `shutdown` completes, then finishes in-flight requests and closes the
-    /// database.
-    pub async fn run_until(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> std::io::Result<()> {
+    /// Serves until `shutdown` completes, then finishes in-flight requests (for at most
+    /// [`SHUTDOWN_GRACE`]) and closes the database.
+    ///
+    /// Connections are served by hyper directly rather than `axum::serve` so that slow clients
+    /// are bounded: request headers must arrive within [`HEADER_READ_TIMEOUT`], idle HTTP/2
+    /// connections are pinged, and at most [`MAX_CONNECTIONS`] are open at once.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         let router = http::router(self.state.clone());
         let purger = tokio::spawn(purge_periodically(self.state.clone()));
-        let result = axum::serve(
-            self.listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown)
-        .await;
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .max_buf_size(64 * 1024);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+            .max_header_list_size(64 * 1024);
+        let graceful = GracefulShutdown::new();
+        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            let (stream, peer) = tokio::select! {
+                accepted = self.listener.accept() => match accepted {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = &mut shutdown => break,
+            };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                tracing::warn!("connection limit reached: closing a new connection");
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let service = router.clone().map_request(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(ConnectInfo(peer));
+                req.map(axum::body::Body::new)
+            });
+            let conn = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service))
+                .into_owned();
+            let conn = graceful.watch(conn);
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                drop(slot);
+            });
+        }
+        drop(self.listener);
+        if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await.is_err() {
+            tracing::warn!("in-flight requests did not finish in time; closing anyway");
+        }
         purger.abort();
         self.state.auth.store().close().await;
-        result
+        Ok(())
     }
 
     /// Serves until SIGTERM or Ctrl-C.

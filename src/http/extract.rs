@@ -1,6 +1,6 @@
 //! Extractors that reject in the contract's format.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts};
@@ -64,25 +64,67 @@ impl<S: Send + Sync> FromRequestParts<S> for MaybeBearer {
 /// The longest user agent kept on a session.
 const MAX_USER_AGENT: usize = 512;
 
-/// Client IP and user agent. The IP is the socket peer (proxies come with rate limiting).
+/// Client IP and user agent. The IP is the socket peer, or, when the peer is one of
+/// `trusted_proxies`, the nearest address in `X-Forwarded-For` that is not a trusted proxy.
 #[derive(Debug, Clone)]
 pub(crate) struct Client(pub ClientInfo);
 
-impl<S: Send + Sync> FromRequestParts<S> for Client {
+impl FromRequestParts<Arc<AppState>> for Client {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
-        let ip = parts
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, ApiError> {
+        let peer = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
-            .map(|ConnectInfo(addr)| addr.ip().to_string());
+            .map(|ConnectInfo(addr)| addr.ip());
+        let forwarded = parts
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect::<Vec<_>>()
+            .join(",");
+        let trusted = &state.auth.config().trusted_proxies;
+        let ip = client_ip(peer, Some(forwarded.as_str()).filter(|f| !f.is_empty()), trusted);
         let user_agent = parts
             .headers
             .get(header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
             .map(|ua| ua.chars().take(MAX_USER_AGENT).collect());
-        Ok(Client(ClientInfo { ip, user_agent }))
+        Ok(Client(ClientInfo {
+            ip: ip.map(|ip| ip.to_string()),
+            user_agent,
+        }))
     }
+}
+
+/// The client's address: `peer` unless `peer` is a trusted proxy, in which case the
+/// right-most `X-Forwarded-For` entry that is not itself a trusted proxy (entries further left
+/// were written by the client and prove nothing).
+pub(crate) fn client_ip(
+    peer: Option<IpAddr>,
+    forwarded_for: Option<&str>,
+    trusted: &[ipnet::IpNet],
+) -> Option<IpAddr> {
+    let peer = peer?;
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return Some(peer);
+    }
+    let Some(list) = forwarded_for else {
+        return Some(peer);
+    };
+    let mut client = peer;
+    for entry in list.rsplit(',') {
+        let Ok(ip) = entry.trim().parse::<IpAddr>() else {
+            break;
+        };
+        client = ip;
+        if !is_trusted(&ip) {
+            break;
+        }
+    }
+    Some(client)
 }
 
 /// A JSON body that may be absent: an empty body gives `T::default()`. A present body must be
@@ -131,5 +173,30 @@ where
                 ),
                 _ => ApiError::BadRequest("Malformed JSON"),
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn forwarded_for_counts_only_behind_a_trusted_proxy() {
+        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        // An untrusted peer's header changes nothing.
+        assert_eq!(client_ip(Some(ip("203.0.113.9")), Some("1.2.3.4"), &trusted), Some(ip("203.0.113.9")));
+        // Behind the proxy: the right-most untrusted entry; spoofed entries to its left are ignored.
+        assert_eq!(
+            client_ip(Some(ip("10.0.0.2")), Some("6.6.6.6, 198.51.100.7, 10.0.0.9"), &trusted),
+            Some(ip("198.51.100.7"))
+        );
+        assert_eq!(client_ip(Some(ip("10.0.0.2")), None, &trusted), Some(ip("10.0.0.2")));
+        assert_eq!(client_ip(Some(ip("10.0.0.2")), Some("garbage"), &trusted), Some(ip("10.0.0.2")));
+        assert_eq!(client_ip(Some(ip("127.0.0.1")), Some("1.2.3.4"), &[]), Some(ip("127.0.0.1")));
+        assert_eq!(client_ip(None, Some("1.2.3.4"), &trusted), None);
     }
 }

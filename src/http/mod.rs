@@ -53,6 +53,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(request_timeout))
         .layer(middleware::from_fn(limit_headers))
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::internal("a request handler panicked").into_response()
@@ -74,6 +75,21 @@ pub fn router(state: Arc<AppState>) -> Router {
 /// Unknown routes and methods: 404 `not_found` in the contract's format.
 async fn not_found() -> ApiError {
     ApiError::NotFound
+}
+
+/// A whole request (reading a slow body included) must finish within this.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// 503 `unavailable` for a request that takes longer than [`REQUEST_TIMEOUT`], whether the
+/// client sends its body too slowly or the server is overloaded.
+async fn request_timeout(req: Request, next: Next) -> Response {
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::warn!("request timed out");
+            ApiError::Unavailable(1).into_response()
+        }
+    }
 }
 
 /// 431 for oversized headers, before any handler (or token parser) sees them.
@@ -116,10 +132,21 @@ async fn healthz() -> impl IntoResponse {
     axum::Json(serde_json::json!({ "status": "ok" }))
 }
 
+/// 200 when the database answers, else 503. Redis is reported but never makes a node
+/// unready: without it, limits fall back to the node's memory (fail open).
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    if state.auth.store().ping().await {
-        axum::Json(serde_json::json!({ "status": "ready", "database": "ok" })).into_response()
-    } else {
-        ApiError::Unavailable(1).into_response()
+    if !state.auth.store().ping().await {
+        return ApiError::Unavailable(1).into_response();
     }
+    let rate_limits = match state.auth.limits().check_redis().await {
+        None => "memory",
+        Some(true) => "redis",
+        Some(false) => "memory (redis unreachable: limits are per node)",
+    };
+    axum::Json(serde_json::json!({
+        "status": "ready",
+        "database": "ok",
+        "rate_limits": rate_limits,
+    }))
+    .into_response()
 }
