@@ -23,8 +23,6 @@ use crate::config::Config;
 use crate::http::{self, AppState};
 use crate::store::Store;
 
-/// A client has this long to send its request headers (slow-loris defence).
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Open connections at most; more are closed on accept.
 pub const MAX_CONNECTIONS: usize = 10_000;
 /// How long shutdown waits for in-flight requests.
@@ -90,16 +88,19 @@ impl App {
     /// [`SHUTDOWN_GRACE`]) and closes the database.
     ///
     /// Connections are served by hyper directly rather than `axum::serve` so that slow clients
-    /// are bounded: request headers must arrive within [`HEADER_READ_TIMEOUT`], idle HTTP/2
+    /// are bounded: request headers must arrive within `header_read_timeout`, idle HTTP/2
     /// connections are pinged, and at most [`MAX_CONNECTIONS`] are open at once.
-    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
         let router = http::router(self.state.clone());
         let purger = tokio::spawn(purge_periodically(self.state.clone()));
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .header_read_timeout(self.state.auth.config().header_read_timeout)
             .max_buf_size(64 * 1024);
         builder
             .http2()
@@ -127,12 +128,17 @@ impl App {
                 continue;
             };
             let _ = stream.set_nodelay(true);
-            let service = router.clone().map_request(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(ConnectInfo(peer));
-                req.map(axum::body::Body::new)
-            });
+            let service = router.clone().map_request(
+                move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(ConnectInfo(peer));
+                    req.map(axum::body::Body::new)
+                },
+            );
             let conn = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service))
+                .serve_connection_with_upgrades(
+                    TokioIo::new(stream),
+                    TowerToHyperService::new(service),
+                )
                 .into_owned();
             let conn = graceful.watch(conn);
             tokio::spawn(async move {
@@ -143,7 +149,10 @@ impl App {
             });
         }
         drop(self.listener);
-        if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await.is_err() {
+        if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+            .await
+            .is_err()
+        {
             tracing::warn!("in-flight requests did not finish in time; closing anyway");
         }
         purger.abort();

@@ -68,8 +68,14 @@ pub struct Config {
     pub rate_limits: RateLimitsConfig,
     /// Redis for limits shared across nodes; in-process memory when unset.
     pub redis_url: Option<SecretString>,
+    /// Prefix of every Redis key Keygate writes (several deployments can share one Redis).
+    pub redis_key_prefix: String,
     /// Peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// A client must send its request headers within this.
+    pub header_read_timeout: Duration,
+    /// A whole request must complete within this (503 otherwise).
+    pub request_timeout: Duration,
     /// Whether anyone may register.
     pub registration: Registration,
     /// Sessions a user may hold at once; the least recently used ends beyond it.
@@ -293,11 +299,14 @@ impl Config {
                 .redis_url
                 .as_ref()
                 .map(|u| redact_url(u.expose_secret())),
+            redis_key_prefix: &self.redis_key_prefix,
             trusted_proxies: self
                 .trusted_proxies
                 .iter()
                 .map(ToString::to_string)
                 .collect(),
+            header_read_timeout: format_duration(self.header_read_timeout),
+            request_timeout: format_duration(self.request_timeout),
             audit: RedactedAudit {
                 retention: format_duration(self.audit_retention),
             },
@@ -364,7 +373,10 @@ struct RedactedView<'a> {
     rate_limits: RedactedRateLimits,
     #[serde(skip_serializing_if = "Option::is_none")]
     redis_url: Option<String>,
+    redis_key_prefix: &'a str,
     trusted_proxies: Vec<String>,
+    header_read_timeout: String,
+    request_timeout: String,
     audit: RedactedAudit,
     log: &'a LogConfig,
 }
@@ -429,7 +441,10 @@ struct RawConfig {
     #[serde(default)]
     rate_limits: RawRateLimits,
     redis_url: Option<Text>,
+    redis_key_prefix: Option<Text>,
     trusted_proxies: Option<TextList>,
+    header_read_timeout: Option<Text>,
+    request_timeout: Option<Text>,
     registration: Option<Text>,
     max_sessions_per_user: Option<Text>,
     truncate_session_ip: Option<Text>,
@@ -722,6 +737,10 @@ impl TryFrom<RawConfig> for Config {
                 ));
             }
         };
+        let redis_key_prefix = text(raw.redis_key_prefix, "keygate:");
+        let header_read_timeout =
+            positive_duration("header_read_timeout", raw.header_read_timeout, "10s")?;
+        let request_timeout = positive_duration("request_timeout", raw.request_timeout, "30s")?;
         let trusted_proxies = raw
             .trusted_proxies
             .map(|l| l.0)
@@ -798,7 +817,10 @@ impl TryFrom<RawConfig> for Config {
             password,
             rate_limits,
             redis_url,
+            redis_key_prefix,
             trusted_proxies,
+            header_read_timeout,
+            request_timeout,
             registration,
             max_sessions_per_user,
             truncate_session_ip,

@@ -3,7 +3,6 @@
 use std::collections::BTreeMap;
 
 use axum::Json;
-use axum::extract::rejection::JsonRejection;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -191,20 +190,6 @@ impl From<AuthError> for ApiError {
             AuthError::Unavailable => ApiError::Unavailable(1),
             AuthError::RateLimited(retry) => ApiError::RateLimited(retry.seconds()),
             AuthError::Internal(detail) => ApiError::internal(&detail),
-        }
-    }
-}
-
-impl From<JsonRejection> for ApiError {
-    fn from(r: JsonRejection) -> Self {
-        match r {
-            JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType,
-            JsonRejection::JsonSyntaxError(_) => ApiError::BadRequest("Malformed JSON"),
-            JsonRejection::JsonDataError(_) => ApiError::BadRequest(
-                "JSON of the wrong shape: expected an object with string fields",
-            ),
-            other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
-            _ => ApiError::BadRequest("Could not read the request body"),
         }
     }
 }

@@ -12,10 +12,62 @@ use super::error::ApiError;
 use crate::auth::{Principal, TokenProblem};
 use crate::domain::ClientInfo;
 
-/// `axum::Json` whose rejections are [`ApiError`]s (400, 413, 415).
-#[derive(Debug, FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
+/// A JSON request body (API.md: 415 if not JSON, 413 over the limit, 400 malformed or of the
+/// wrong shape). Parsed through `serde_json::Value` first, whose recursion limit (128) bounds
+/// nesting even inside fields the target type ignores.
+#[derive(Debug, Clone)]
 pub(crate) struct Json<T>(pub T);
+
+impl<S, T> FromRequest<S> for Json<T>
+where
+    S: Send + Sync,
+    T: serde::de::DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        let (is_json, bytes) = read_body(req, state).await?;
+        if !is_json {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        parse_json(&bytes).map(Json)
+    }
+}
+
+/// Whether the request says it is JSON, and its body within the body limit.
+async fn read_body<S: Send + Sync>(
+    req: axum::extract::Request,
+    state: &S,
+) -> Result<(bool, axum::body::Bytes), ApiError> {
+    let is_json = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| {
+            let mime = mime.trim();
+            mime.eq_ignore_ascii_case("application/json")
+                || (mime.starts_with("application/") && mime.ends_with("+json"))
+        });
+    let bytes = axum::body::Bytes::from_request(req, state)
+        .await
+        .map_err(|r| {
+            if r.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge
+            } else {
+                ApiError::BadRequest("Could not read the request body")
+            }
+        })?;
+    Ok((is_json, bytes))
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let value: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|_| ApiError::BadRequest("Malformed JSON"))?;
+    serde_json::from_value(value).map_err(|_| {
+        ApiError::BadRequest("JSON of the wrong shape: expected an object with string fields")
+    })
+}
 
 /// The bearer token of the `Authorization` header, if any. A header that is present but not
 /// `Bearer <token>` is an invalid token, never treated as anonymous.
@@ -72,7 +124,10 @@ pub(crate) struct Client(pub ClientInfo);
 impl FromRequestParts<Arc<AppState>> for Client {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, ApiError> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, ApiError> {
         let peer = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
@@ -85,7 +140,11 @@ impl FromRequestParts<Arc<AppState>> for Client {
             .collect::<Vec<_>>()
             .join(",");
         let trusted = &state.auth.config().trusted_proxies;
-        let ip = client_ip(peer, Some(forwarded.as_str()).filter(|f| !f.is_empty()), trusted);
+        let ip = client_ip(
+            peer,
+            Some(forwarded.as_str()).filter(|f| !f.is_empty()),
+            trusted,
+        );
         let user_agent = parts
             .headers
             .get(header::USER_AGENT)
@@ -140,39 +199,14 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
-        let is_json = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(';').next())
-            .is_some_and(|mime| {
-                let mime = mime.trim();
-                mime.eq_ignore_ascii_case("application/json")
-                    || (mime.starts_with("application/") && mime.ends_with("+json"))
-            });
-        let bytes = axum::body::Bytes::from_request(req, state)
-            .await
-            .map_err(|r| {
-                if r.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::PayloadTooLarge
-                } else {
-                    ApiError::BadRequest("Could not read the request body")
-                }
-            })?;
+        let (is_json, bytes) = read_body(req, state).await?;
         if bytes.is_empty() {
             return Ok(OptionalJson(T::default()));
         }
         if !is_json {
             return Err(ApiError::UnsupportedMediaType);
         }
-        serde_json::from_slice(&bytes)
-            .map(OptionalJson)
-            .map_err(|e| match e.classify() {
-                serde_json::error::Category::Data => ApiError::BadRequest(
-                    "JSON of the wrong shape: expected an object with string fields",
-                ),
-                _ => ApiError::BadRequest("Malformed JSON"),
-            })
+        parse_json(&bytes).map(OptionalJson)
     }
 }
 
@@ -188,15 +222,31 @@ mod tests {
     fn forwarded_for_counts_only_behind_a_trusted_proxy() {
         let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
         // An untrusted peer's header changes nothing.
-        assert_eq!(client_ip(Some(ip("203.0.113.9")), Some("1.2.3.4"), &trusted), Some(ip("203.0.113.9")));
+        assert_eq!(
+            client_ip(Some(ip("203.0.113.9")), Some("1.2.3.4"), &trusted),
+            Some(ip("203.0.113.9"))
+        );
         // Behind the proxy: the right-most untrusted entry; spoofed entries to its left are ignored.
         assert_eq!(
-            client_ip(Some(ip("10.0.0.2")), Some("6.6.6.6, 198.51.100.7, 10.0.0.9"), &trusted),
+            client_ip(
+                Some(ip("10.0.0.2")),
+                Some("6.6.6.6, 198.51.100.7, 10.0.0.9"),
+                &trusted
+            ),
             Some(ip("198.51.100.7"))
         );
-        assert_eq!(client_ip(Some(ip("10.0.0.2")), None, &trusted), Some(ip("10.0.0.2")));
-        assert_eq!(client_ip(Some(ip("10.0.0.2")), Some("garbage"), &trusted), Some(ip("10.0.0.2")));
-        assert_eq!(client_ip(Some(ip("127.0.0.1")), Some("1.2.3.4"), &[]), Some(ip("127.0.0.1")));
+        assert_eq!(
+            client_ip(Some(ip("10.0.0.2")), None, &trusted),
+            Some(ip("10.0.0.2"))
+        );
+        assert_eq!(
+            client_ip(Some(ip("10.0.0.2")), Some("garbage"), &trusted),
+            Some(ip("10.0.0.2"))
+        );
+        assert_eq!(
+            client_ip(Some(ip("127.0.0.1")), Some("1.2.3.4"), &[]),
+            Some(ip("127.0.0.1"))
+        );
         assert_eq!(client_ip(None, Some("1.2.3.4"), &trusted), None);
     }
 }

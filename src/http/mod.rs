@@ -53,7 +53,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(middleware::from_fn(request_timeout))
+        .layer(middleware::from_fn_with_state(state.clone(), request_timeout))
         .layer(middleware::from_fn(limit_headers))
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::internal("a request handler panicked").into_response()
@@ -77,13 +77,10 @@ async fn not_found() -> ApiError {
     ApiError::NotFound
 }
 
-/// A whole request (reading a slow body included) must finish within this.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// 503 `unavailable` for a request that takes longer than [`REQUEST_TIMEOUT`], whether the
-/// client sends its body too slowly or the server is overloaded.
-async fn request_timeout(req: Request, next: Next) -> Response {
-    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
+/// 503 `unavailable` for a request that takes longer than `request_timeout` (reading a slow
+/// body included), whether the client is too slow or the server is overloaded.
+async fn request_timeout(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(state.auth.config().request_timeout, next.run(req)).await {
         Ok(response) => response,
         Err(_) => {
             tracing::warn!("request timed out");

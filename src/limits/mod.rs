@@ -91,7 +91,7 @@ impl governor::clock::Clock for EpochClock {
 /// Governor's state (the theoretical arrival time of the next cell) kept in the [`Kv`].
 struct KvState {
     kv: Arc<Kv>,
-    prefix: &'static str,
+    prefix: String,
     ttl: Duration,
 }
 
@@ -129,7 +129,7 @@ impl StateStore for KvState {
 
 type Limiter = RateLimiter<String, KvState, EpochClock, NoOpMiddleware<Nanos>>;
 
-fn limiter(rate: Rate, prefix: &'static str, kv: &Arc<Kv>, clock: &Arc<dyn Clock>) -> Limiter {
+fn limiter(rate: Rate, prefix: String, kv: &Arc<Kv>, clock: &Arc<dyn Clock>) -> Limiter {
     let per_cell = (rate.period / rate.count).max(Duration::from_nanos(1));
     let burst = std::num::NonZeroU32::new(rate.count).unwrap_or(std::num::NonZeroU32::MIN);
     let quota = Quota::with_period(per_cell)
@@ -203,6 +203,7 @@ pub struct Limits {
     password: Limiter,
     token: Limiter,
     failed_logins: Rate,
+    prefix: String,
     clock: Arc<dyn Clock>,
     /// (action, ip) → when a denial was last audited, so a flood writes one row a minute.
     audited: Mutex<std::collections::HashMap<String, i64>>,
@@ -233,13 +234,15 @@ impl Limits {
     pub fn new(config: &Config, clock: Arc<dyn Clock>) -> Result<Limits, String> {
         let kv = Arc::new(Kv::new(config.redis_url.as_ref(), clock.clone())?);
         let r = &config.rate_limits;
+        let p = &config.redis_key_prefix;
         Ok(Limits {
             enabled: r.enabled,
-            login: limiter(r.login, "kg:rl:login:", &kv, &clock),
-            register: limiter(r.register, "kg:rl:register:", &kv, &clock),
-            refresh: limiter(r.refresh, "kg:rl:refresh:", &kv, &clock),
-            password: limiter(r.password, "kg:rl:password:", &kv, &clock),
-            token: limiter(r.token, "kg:rl:token:", &kv, &clock),
+            login: limiter(r.login, format!("{p}rl:login:"), &kv, &clock),
+            register: limiter(r.register, format!("{p}rl:register:"), &kv, &clock),
+            refresh: limiter(r.refresh, format!("{p}rl:refresh:"), &kv, &clock),
+            password: limiter(r.password, format!("{p}rl:password:"), &kv, &clock),
+            token: limiter(r.token, format!("{p}rl:token:"), &kv, &clock),
+            prefix: p.clone(),
             failed_logins: r.failed_logins,
             kv,
             clock,
@@ -301,7 +304,7 @@ impl Limits {
         if !self.enabled {
             return Ok(());
         }
-        let (pair, acct, good) = keys(account, ip);
+        let (pair, acct, good) = keys(&self.prefix, account, ip);
         self.run(move |this| {
             let now = to_millis(this.clock.now());
             let wait = |key: &str| {
@@ -329,7 +332,7 @@ impl Limits {
         if !self.enabled {
             return;
         }
-        let (pair, acct, _) = keys(account, ip);
+        let (pair, acct, _) = keys(&self.prefix, account, ip);
         self.run(move |this| {
             this.bump(&pair);
             this.bump(&acct);
@@ -342,7 +345,7 @@ impl Limits {
         if !self.enabled {
             return;
         }
-        let (pair, _, good) = keys(account, ip);
+        let (pair, _, good) = keys(&self.prefix, account, ip);
         self.run(move |this| {
             this.kv.delete(&pair);
             let old = this.kv.get(&good);
@@ -402,12 +405,12 @@ impl Limits {
 
 /// Keys for (account, IP), account, and "IP known good for account". The account is the
 /// normalised login (email or username) as typed, so unknown accounts are treated alike.
-fn keys(account: &str, ip: Option<&str>) -> (String, String, String) {
+fn keys(prefix: &str, account: &str, ip: Option<&str>) -> (String, String, String) {
     let ip = ip.unwrap_or("unknown");
     (
-        format!("kg:fl:pair:{account}:{ip}"),
-        format!("kg:fl:acct:{account}"),
-        format!("kg:fl:good:{account}:{ip}"),
+        format!("{prefix}fl:pair:{account}:{ip}"),
+        format!("{prefix}fl:acct:{account}"),
+        format!("{prefix}fl:good:{account}:{ip}"),
     )
 }
 

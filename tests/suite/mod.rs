@@ -3,6 +3,7 @@
 
 pub(crate) mod helpers;
 
+mod abuse;
 mod account;
 mod errors;
 mod families;
