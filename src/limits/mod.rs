@@ -1,7 +1,7 @@
 //! Abuse resistance: per-IP rate limits (governor's GCRA) and lockout-free brute-force
 //! defence (exponential back-off per account and per (account, IP) pair).
 //!
-//! State lives in [`kv::Kv`]: process memory, or Redis so that every node enforces one budget,
+//! State lives in `kv::Kv`: process memory, or Redis so that every node enforces one budget,
 //! falling back to memory while Redis is unreachable. Time comes from the injected clock.
 //!
 //! The brute-force policy (docs/ARCHITECTURE.md, "Abuse resistance"):

@@ -10,6 +10,7 @@ mod families;
 mod logout;
 mod nodes;
 mod operations;
+mod redis;
 mod refresh;
 mod sessions;
 mod store;
