@@ -30,6 +30,32 @@ pub enum FieldError {
     /// A display name that is too long or holds control characters.
     #[error("must be at most 100 characters without control characters")]
     InvalidName,
+    /// A list of roles or permissions with a bad entry or too many entries.
+    #[error("must be at most 32 names of 1 to 64 characters: a-z, 0-9, `_`, `-`, `.`, `:`")]
+    InvalidNames,
+}
+
+/// Parses a list of role or permission names: trimmed, lower-case `a-z 0-9 _ - . :`, 1–64
+/// characters each, at most 32, duplicates removed (order kept).
+pub fn parse_names(raw: &[String]) -> Result<Vec<String>, FieldError> {
+    if raw.len() > 32 {
+        return Err(FieldError::InvalidNames);
+    }
+    let mut out: Vec<String> = Vec::with_capacity(raw.len());
+    for name in raw {
+        let name = name.trim();
+        let ok = (1..=64).contains(&name.len())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-' | '.' | ':'));
+        if !ok {
+            return Err(FieldError::InvalidNames);
+        }
+        if !out.iter().any(|n| n == name) {
+            out.push(name.to_owned());
+        }
+    }
+    Ok(out)
 }
 
 /// An email address, trimmed and lower-cased (emails compare case-insensitively).
@@ -267,6 +293,16 @@ mod tests {
         let id = UserId::new();
         assert_eq!(UserId::parse(&id.to_string()), Some(id));
         assert_eq!(SessionId::parse("nope"), None);
+    }
+
+    #[test]
+    fn role_names_are_checked() {
+        let ok = parse_names(&["admin".into(), "users:write".into(), "admin".into()]).unwrap();
+        assert_eq!(ok, vec!["admin", "users:write"]);
+        for bad in ["", "Admin", "a b", "\"x\"", &"a".repeat(65)] {
+            assert!(parse_names(&[bad.to_owned()]).is_err(), "{bad}");
+        }
+        assert!(parse_names(&vec!["a".to_owned(); 33]).is_err());
     }
 
     #[test]

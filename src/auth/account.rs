@@ -54,7 +54,7 @@ fn required<'a>(
 impl Auth {
     /// [`password::check_policy`] off the runtime (zxcvbn takes a few milliseconds); a
     /// refusal is a 422 on `field`.
-    async fn check_policy(
+    pub(super) async fn check_policy(
         &self,
         password: &Password,
         field: &'static str,

@@ -5,6 +5,7 @@
 //! `http` module maps onto API.md's contract.
 
 mod account;
+mod admin;
 mod events;
 mod sessions;
 
@@ -16,6 +17,7 @@ use secrecy::ExposeSecret as _;
 use time::OffsetDateTime;
 
 pub use account::{ProfileChange, Registration};
+pub use admin::{ADMIN_ROLE, Actor, Page, UserPatch, page_size};
 pub use sessions::{LogoutScope, Principal, TokenPair};
 
 use crate::clock::Clock;
@@ -64,6 +66,9 @@ pub enum AuthError {
     /// Bad refresh token.
     #[error("invalid refresh token")]
     InvalidRefreshToken,
+    /// Authenticated but not allowed (role, or the administrators' self-protection rule).
+    #[error("forbidden")]
+    Forbidden(&'static str),
     /// No such resource (or not the caller's).
     #[error("not found")]
     NotFound,

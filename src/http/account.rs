@@ -59,7 +59,7 @@ pub(crate) struct SessionView {
 }
 
 impl SessionView {
-    fn new(s: SessionRecord, current: bool) -> Self {
+    pub(crate) fn new(s: SessionRecord, current: bool) -> Self {
         SessionView {
             id: s.id.to_string(),
             created_at: rfc3339(s.created_at),
@@ -102,7 +102,7 @@ fn token_response(pair: TokenPair) -> Response {
 }
 
 /// Distinguishes an absent field (`None`) from an explicit `null` (`Some(None)`).
-fn present<'de, D: Deserializer<'de>>(
+pub(crate) fn present<'de, D: Deserializer<'de>>(
     d: D,
 ) -> std::result::Result<Option<Option<String>>, D::Error> {
     Option::<String>::deserialize(d).map(Some)

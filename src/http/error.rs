@@ -187,6 +187,7 @@ impl From<AuthError> for ApiError {
             AuthError::InvalidToken(p) => ApiError::InvalidToken(p),
             AuthError::InvalidRefreshToken => ApiError::InvalidRefreshToken,
             AuthError::NotFound => ApiError::NotFound,
+            AuthError::Forbidden(why) => ApiError::Forbidden(why),
             AuthError::Unavailable => ApiError::Unavailable(1),
             AuthError::RateLimited(retry) => ApiError::RateLimited(retry.seconds()),
             AuthError::Internal(detail) => ApiError::internal(&detail),

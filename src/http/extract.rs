@@ -101,6 +101,25 @@ impl FromRequestParts<Arc<AppState>> for AuthUser {
     }
 }
 
+/// An authenticated caller whose account currently holds the `admin` role (403 otherwise).
+/// The role is read from the account, not the token, so removing it takes effect at once.
+#[derive(Debug, Clone)]
+pub(crate) struct Admin(pub Principal);
+
+impl FromRequestParts<Arc<AppState>> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, ApiError> {
+        let AuthUser(principal) = AuthUser::from_request_parts(parts, state).await?;
+        let user = state.auth.me(&principal).await?;
+        if user.is_active && user.roles.iter().any(|r| r == crate::auth::ADMIN_ROLE) {
+            Ok(Admin(principal))
+        } else {
+            Err(ApiError::Forbidden("This requires the admin role"))
+        }
+    }
+}
+
 /// The raw bearer token, unverified (for logout, which verifies it itself).
 #[derive(Debug, Clone)]
 pub(crate) struct MaybeBearer(pub Option<String>);

@@ -1,6 +1,7 @@
 //! The HTTP front end: every route on one screen, the error model, extractors and handlers.
 
 mod account;
+mod admin;
 pub mod error;
 mod extract;
 
@@ -47,6 +48,16 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/auth/password", post(account::change_password))
         .route("/auth/sessions", get(account::sessions))
         .route("/auth/sessions/{id}", delete(account::end_session))
+        .route("/admin/users", get(admin::list_users).post(admin::create_user))
+        .route(
+            "/admin/users/{id}",
+            get(admin::get_user).patch(admin::patch_user).delete(admin::delete_user),
+        )
+        .route(
+            "/admin/users/{id}/sessions",
+            get(admin::user_sessions).delete(admin::end_user_sessions),
+        )
+        .route("/admin/audit", get(admin::audit))
         .route("/.well-known/jwks.json", get(jwks))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

@@ -23,7 +23,7 @@ use sqlx::sqlite::{
 pub use audit::{AuditQuery, AuditRecord, NewAuditEvent};
 pub use purge::{PurgeCounts, TableCounts};
 pub use sessions::{NewSession, Rotation, SessionRecord};
-pub use users::{NewUser, StoredHash, UserRecord};
+pub use users::{NewUser, StoredHash, UserChange, UserRecord};
 
 use crate::config::Config;
 

@@ -247,4 +247,134 @@ impl Store {
         })?;
         Ok(done == 1)
     }
+
+    /// Users ordered by id (creation order), after `after`, optionally with this exact
+    /// (normalised) email; at most `limit`.
+    pub async fn list_users(
+        &self,
+        email: Option<&str>,
+        after: Option<UserId>,
+        limit: u32,
+    ) -> Result<Vec<UserRecord>, StoreError> {
+        let sql = format!(
+            "select {USER_COLUMNS} from users where ($1 is null or email = $1) \
+             and ($2 is null or id > $2) order by id limit $3"
+        );
+        let rows: Vec<UserRow> = on_pool!(self, read, |pool| {
+            sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
+                .bind(email)
+                .bind(after.map(|a| a.to_string()))
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await?
+        })?;
+        rows.into_iter().map(UserRecord::try_from).collect()
+    }
+
+    /// The user with this normalised email or username.
+    pub async fn find_user_by_login(&self, login: &str) -> Result<Option<UserRecord>, StoreError> {
+        Ok(self.find_credentials(login).await?.map(|(u, _)| u))
+    }
+
+    /// Applies an administrator's change; `None` fields are left alone.
+    pub async fn update_user(
+        &self,
+        id: UserId,
+        change: &UserChange,
+        now: OffsetDateTime,
+    ) -> Result<Option<UserRecord>, StoreError> {
+        let sql = format!(
+            "update users set \
+               roles = case when $2 then $3 else roles end, \
+               permissions = case when $4 then $5 else permissions end, \
+               is_active = case when $6 then $7 else is_active end, \
+               name = case when $8 then $9 else name end, \
+               updated_at = $10 \
+             where id = $1 returning {USER_COLUMNS}"
+        );
+        let row: Option<UserRow> = on_pool!(self, write, |pool| {
+            sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
+                .bind(id.to_string())
+                .bind(change.roles.is_some())
+                .bind(change.roles.as_deref().map(to_json_list))
+                .bind(change.permissions.is_some())
+                .bind(change.permissions.as_deref().map(to_json_list))
+                .bind(change.is_active.is_some())
+                .bind(change.is_active.unwrap_or(true))
+                .bind(change.name.is_some())
+                .bind(change.name.clone().flatten())
+                .bind(to_millis(now))
+                .fetch_optional(pool)
+                .await?
+        })?;
+        row.map(UserRecord::try_from).transpose()
+    }
+
+    /// Deletes a user and, by cascade, their sessions. Audit events stay.
+    pub async fn delete_user(&self, id: UserId) -> Result<bool, StoreError> {
+        let done = on_pool!(self, write, |pool| {
+            sqlx::query("delete from users where id = $1")
+                .bind(id.to_string())
+                .execute(pool)
+                .await?
+                .rows_affected()
+        })?;
+        Ok(done == 1)
+    }
+
+    /// Active users holding `role`, other than `except`.
+    pub async fn count_active_with_role(&self, role: &str, except: Option<UserId>) -> Result<i64, StoreError> {
+        // Roles are a JSON array of validated names (no quotes inside), so the quoted name
+        // matches exactly one element.
+        let pattern = format!("%\"{role}\"%");
+        let n: i64 = on_pool!(self, read, |pool| {
+            sqlx::query_scalar(
+                "select count(*) from users where is_active = true and roles like $1 and id <> $2",
+            )
+            .bind(&pattern)
+            .bind(except.map(|e| e.to_string()).unwrap_or_default())
+            .fetch_one(pool)
+            .await?
+        })?;
+        Ok(n)
+    }
+
+    /// Inserts a user with an existing password hash unless the email is taken.
+    /// Returns `None` when a user with that email already exists (re-running an import).
+    pub async fn insert_imported_user(&self, new: NewUser, active: bool, now: OffsetDateTime) -> Result<Option<UserRecord>, StoreError> {
+        let id = UserId::new();
+        let sql = format!(
+            "insert into users (id, email, username, name, password_hash, roles, permissions, \
+             is_active, created_at, updated_at) values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9) \
+             on conflict (email) do nothing returning {USER_COLUMNS}"
+        );
+        let row: Option<UserRow> = on_pool!(self, write, |pool| {
+            sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
+                .bind(id.to_string())
+                .bind(new.email.as_str())
+                .bind(&new.username)
+                .bind(&new.name)
+                .bind(&new.password_hash)
+                .bind(to_json_list(&new.roles))
+                .bind(to_json_list(&new.permissions))
+                .bind(active)
+                .bind(to_millis(now))
+                .fetch_optional(pool)
+                .await?
+        })?;
+        row.map(UserRecord::try_from).transpose()
+    }
+}
+
+/// An administrator's change to a user: `None` leaves a field alone.
+#[derive(Debug, Clone, Default)]
+pub struct UserChange {
+    /// New roles.
+    pub roles: Option<Vec<String>>,
+    /// New permissions.
+    pub permissions: Option<Vec<String>>,
+    /// Enable or disable.
+    pub is_active: Option<bool>,
+    /// New display name (`Some(None)` clears it).
+    pub name: Option<Option<String>>,
 }
