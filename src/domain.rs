@@ -45,9 +45,9 @@ pub fn parse_names(raw: &[String]) -> Result<Vec<String>, FieldError> {
     for name in raw {
         let name = name.trim();
         let ok = (1..=64).contains(&name.len())
-            && name
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-' | '.' | ':'));
+            && name.chars().all(|c| {
+                c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-' | '.' | ':')
+            });
         if !ok {
             return Err(FieldError::InvalidNames);
         }

@@ -186,7 +186,9 @@ impl Auth {
         }
         let keeps_admin = roles
             .as_ref()
-            .map_or(user.roles.iter().any(|r| r == ADMIN_ROLE), |r| r.iter().any(|r| r == ADMIN_ROLE));
+            .map_or(user.roles.iter().any(|r| r == ADMIN_ROLE), |r| {
+                r.iter().any(|r| r == ADMIN_ROLE)
+            });
         let stays_active = patch.is_active.unwrap_or(user.is_active);
         let was_admin = user.is_active && user.roles.iter().any(|r| r == ADMIN_ROLE);
         if was_admin && !(keeps_admin && stays_active) {
@@ -209,9 +211,11 @@ impl Auth {
             self.store
                 .revoke_user_sessions(user.id, None, "user_disabled", now)
                 .await?;
-            self.emit(Event::success("user_disabled", client).user(user.id).by(by)).await;
+            self.emit(Event::success("user_disabled", client).user(user.id).by(by))
+                .await;
         } else {
-            self.emit(Event::success("user_updated", client).user(user.id).by(by)).await;
+            self.emit(Event::success("user_updated", client).user(user.id).by(by))
+                .await;
         }
         Ok(updated)
     }
@@ -224,7 +228,11 @@ impl Auth {
             ));
         }
         if matches!(actor, Actor::Admin(_))
-            && self.store.count_active_with_role(ADMIN_ROLE, Some(target)).await? == 0
+            && self
+                .store
+                .count_active_with_role(ADMIN_ROLE, Some(target))
+                .await?
+                == 0
         {
             return Err(AuthError::Forbidden(
                 "This is the last active administrator; make another one first",
@@ -234,7 +242,12 @@ impl Auth {
     }
 
     /// Deletes a user: their sessions end and their data is removed (audit events stay).
-    pub async fn delete_user(&self, actor: Actor<'_>, id: &str, client: &ClientInfo) -> Result<(), AuthError> {
+    pub async fn delete_user(
+        &self,
+        actor: Actor<'_>,
+        id: &str,
+        client: &ClientInfo,
+    ) -> Result<(), AuthError> {
         let user = self.get_user(id).await?;
         if user.is_active && user.roles.iter().any(|r| r == ADMIN_ROLE) {
             self.guard_admin_removal(actor, user.id).await?;
@@ -244,7 +257,9 @@ impl Auth {
         }
         self.emit(Event {
             reason: Some("deleted"),
-            ..Event::success("user_updated", client).user(user.id).by(actor.user_id())
+            ..Event::success("user_updated", client)
+                .user(user.id)
+                .by(actor.user_id())
         })
         .await;
         Ok(())
@@ -257,7 +272,12 @@ impl Auth {
     }
 
     /// Ends every session of a user. Returns how many ended.
-    pub async fn end_user_sessions(&self, actor: Actor<'_>, id: &str, client: &ClientInfo) -> Result<u64, AuthError> {
+    pub async fn end_user_sessions(
+        &self,
+        actor: Actor<'_>,
+        id: &str,
+        client: &ClientInfo,
+    ) -> Result<u64, AuthError> {
         let user = self.get_user(id).await?;
         let ended = self
             .store
@@ -265,25 +285,45 @@ impl Auth {
             .await?;
         self.emit(Event {
             reason: Some("all_sessions"),
-            ..Event::success("session_revoked", client).user(user.id).by(actor.user_id())
+            ..Event::success("session_revoked", client)
+                .user(user.id)
+                .by(actor.user_id())
         })
         .await;
         Ok(ended)
     }
 
     /// Ends one session by id (CLI `sessions revoke`).
-    pub async fn revoke_session_by_id(&self, id: &str, client: &ClientInfo) -> Result<(), AuthError> {
+    pub async fn revoke_session_by_id(
+        &self,
+        id: &str,
+        client: &ClientInfo,
+    ) -> Result<(), AuthError> {
         let sid = crate::domain::SessionId::parse(id.trim()).ok_or(AuthError::NotFound)?;
-        let session = self.store.find_session(sid).await?.ok_or(AuthError::NotFound)?;
-        if !self.store.revoke_session(sid, "admin_revoked", self.now()).await? {
+        let session = self
+            .store
+            .find_session(sid)
+            .await?
+            .ok_or(AuthError::NotFound)?;
+        if !self
+            .store
+            .revoke_session(sid, "admin_revoked", self.now())
+            .await?
+        {
             return Err(AuthError::NotFound);
         }
-        self.emit(Event::success("session_revoked", client).of(&session)).await;
+        self.emit(Event::success("session_revoked", client).of(&session))
+            .await;
         Ok(())
     }
 
     /// Sets a new password for a user (CLI) and ends all their sessions.
-    pub async fn reset_password(&self, id: &str, new: &str, client: &ClientInfo) -> Result<(), AuthError> {
+    pub async fn reset_password(
+        &self,
+        id: &str,
+        new: &str,
+        client: &ClientInfo,
+    ) -> Result<(), AuthError> {
         let user = self.find_user(id).await?;
         let policy = &self.config.password;
         let password = Password::new(new, policy.min_length, policy.max_length)
@@ -315,7 +355,10 @@ impl Auth {
         let limit = page_size(limit);
         let user_id = match user_id {
             None => None,
-            Some(u) => Some(UserId::parse(u).ok_or_else(|| field_error("user_id", "is not a user id".to_owned()))?),
+            Some(u) => Some(
+                UserId::parse(u)
+                    .ok_or_else(|| field_error("user_id", "is not a user id".to_owned()))?,
+            ),
         };
         let before = cursor.map(decode_cursor).transpose()?;
         let mut items = self

@@ -74,26 +74,25 @@ impl Auth {
         let outcome = if e.success { "success" } else { "failure" };
         let reason = e.reason.unwrap_or("");
         let ip = e.client.ip.as_deref().unwrap_or("");
+        let actor_id = e.actor.map(|a| a.to_string()).unwrap_or_default();
+        macro_rules! log {
+            ($level:ident) => {
+                tracing::$level!(
+                    event = e.name,
+                    user_id,
+                    session_id,
+                    outcome,
+                    reason,
+                    ip,
+                    actor_id,
+                    "auth event"
+                )
+            };
+        }
         if e.name == "refresh_token_reused" {
-            tracing::warn!(
-                event = e.name,
-                user_id,
-                session_id,
-                outcome,
-                reason,
-                ip,
-                "auth event"
-            );
+            log!(warn);
         } else {
-            tracing::info!(
-                event = e.name,
-                user_id,
-                session_id,
-                outcome,
-                reason,
-                ip,
-                "auth event"
-            );
+            log!(info);
         }
         let record = NewAuditEvent {
             event: e.name,

@@ -31,7 +31,10 @@ fn limit(raw: Option<&str>) -> Result<Option<u32>> {
             Ok(n) if (1..=200).contains(&n) => Ok(Some(n)),
             _ => {
                 let mut fields = std::collections::BTreeMap::new();
-                fields.insert("limit".to_owned(), "must be a whole number from 1 to 200".to_owned());
+                fields.insert(
+                    "limit".to_owned(),
+                    "must be a whole number from 1 to 200".to_owned(),
+                );
                 Err(ApiError::ValidationFailed(fields))
             }
         },
@@ -59,7 +62,11 @@ pub(super) async fn list_users(
     let q = query(q)?;
     let page = state
         .auth
-        .list_users(q.email.as_deref(), limit(q.limit.as_deref())?, q.cursor.as_deref())
+        .list_users(
+            q.email.as_deref(),
+            limit(q.limit.as_deref())?,
+            q.cursor.as_deref(),
+        )
         .await?;
     Ok(axum::Json(UsersPage {
         users: page.items.into_iter().map(UserView::from).collect(),
@@ -145,7 +152,10 @@ pub(super) async fn delete_user(
     Client(client): Client,
     Path(id): Path<String>,
 ) -> Result<StatusCode> {
-    state.auth.delete_user(Actor::Admin(&who), &id, &client).await?;
+    state
+        .auth
+        .delete_user(Actor::Admin(&who), &id, &client)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -161,7 +171,10 @@ pub(super) async fn user_sessions(
 ) -> Result<axum::Json<SessionsView>> {
     let sessions = state.auth.user_sessions(&id).await?;
     Ok(axum::Json(SessionsView {
-        sessions: sessions.into_iter().map(|s| SessionView::new(s, false)).collect(),
+        sessions: sessions
+            .into_iter()
+            .map(|s| SessionView::new(s, false))
+            .collect(),
     }))
 }
 
@@ -171,7 +184,10 @@ pub(super) async fn end_user_sessions(
     Client(client): Client,
     Path(id): Path<String>,
 ) -> Result<StatusCode> {
-    state.auth.end_user_sessions(Actor::Admin(&who), &id, &client).await?;
+    state
+        .auth
+        .end_user_sessions(Actor::Admin(&who), &id, &client)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

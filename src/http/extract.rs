@@ -109,7 +109,10 @@ pub(crate) struct Admin(pub Principal);
 impl FromRequestParts<Arc<AppState>> for Admin {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, ApiError> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, ApiError> {
         let AuthUser(principal) = AuthUser::from_request_parts(parts, state).await?;
         let user = state.auth.me(&principal).await?;
         if user.is_active && user.roles.iter().any(|r| r == crate::auth::ADMIN_ROLE) {

@@ -323,7 +323,11 @@ impl Store {
     }
 
     /// Active users holding `role`, other than `except`.
-    pub async fn count_active_with_role(&self, role: &str, except: Option<UserId>) -> Result<i64, StoreError> {
+    pub async fn count_active_with_role(
+        &self,
+        role: &str,
+        except: Option<UserId>,
+    ) -> Result<i64, StoreError> {
         // Roles are a JSON array of validated names (no quotes inside), so the quoted name
         // matches exactly one element.
         let pattern = format!("%\"{role}\"%");
@@ -341,7 +345,12 @@ impl Store {
 
     /// Inserts a user with an existing password hash unless the email is taken.
     /// Returns `None` when a user with that email already exists (re-running an import).
-    pub async fn insert_imported_user(&self, new: NewUser, active: bool, now: OffsetDateTime) -> Result<Option<UserRecord>, StoreError> {
+    pub async fn insert_imported_user(
+        &self,
+        new: NewUser,
+        active: bool,
+        now: OffsetDateTime,
+    ) -> Result<Option<UserRecord>, StoreError> {
         let id = UserId::new();
         let sql = format!(
             "insert into users (id, email, username, name, password_hash, roles, permissions, \
