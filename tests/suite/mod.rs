@@ -5,6 +5,7 @@ pub(crate) mod helpers;
 
 mod abuse;
 mod account;
+mod admin;
 mod errors;
 mod families;
 mod logout;
