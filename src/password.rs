@@ -105,7 +105,9 @@ impl Hasher {
     }
 
     /// Checks `password` against `stored`, or against the dummy hash when there is no account,
-    /// so both cases take the same time. `Ok(false)` for a wrong password.
+    /// so both cases take the same time. `Ok(false)` for a wrong password. `stored` may be an
+    /// argon2 PHC string or an imported bcrypt hash (`$2a$`, `$2b$`, `$2y$`); bcrypt, like the
+    /// libraries that wrote those hashes, reads only the first 72 bytes of the password.
     pub async fn verify(
         &self,
         password: &Password,
@@ -116,15 +118,35 @@ impl Hasher {
         let exists = stored.is_some();
         let hash = stored.unwrap_or(&self.dummy_hash).to_owned();
         let matched = self
-            .run(
-                move || match argon.verify_password(password.expose().as_bytes(), hash.as_str()) {
+            .run(move || {
+                if is_bcrypt(&hash) {
+                    return Ok(bcrypt::verify(password.expose().as_bytes(), &hash).unwrap_or(false));
+                }
+                match argon.verify_password(password.expose().as_bytes(), hash.as_str()) {
                     Ok(()) => Ok(true),
                     Err(argon2::password_hash::Error::PasswordInvalid) => Ok(false),
                     Err(_) => Err(PasswordError::Hash),
-                },
-            )
+                }
+            })
             .await?;
         Ok(exists && matched)
+    }
+
+    /// Whether `stored` should be replaced by a hash with the current parameters: any bcrypt
+    /// hash, any argon2 variant other than argon2id v19, or other costs than configured.
+    pub fn needs_rehash(&self, stored: &str) -> bool {
+        let Ok(hash) = argon2::PasswordHash::new(stored) else {
+            return true;
+        };
+        let Ok(params) = Params::try_from(&hash) else {
+            return true;
+        };
+        let current = self.argon.params();
+        hash.algorithm.as_str() != "argon2id"
+            || hash.version != Some(Version::V0x13.into())
+            || params.m_cost() != current.m_cost()
+            || params.t_cost() != current.t_cost()
+            || params.p_cost() != current.p_cost()
     }
 
     async fn run<T: Send + 'static>(
@@ -152,6 +174,25 @@ impl Hasher {
             .await
             .map_err(|_| PasswordError::Task)?
     }
+}
+
+/// Whether `hash` is a bcrypt hash of a variant Keygate accepts on import.
+pub fn is_bcrypt(hash: &str) -> bool {
+    ["$2a$", "$2b$", "$2y$"].iter().any(|p| hash.starts_with(p))
+}
+
+/// Whether an imported hash is one Keygate can verify: a well-formed bcrypt hash
+/// (`$2a$`/`$2b$`/`$2y$`) or an argon2 PHC string (argon2id, argon2i or argon2d).
+pub fn is_importable_hash(hash: &str) -> bool {
+    if is_bcrypt(hash) {
+        return hash.parse::<bcrypt::HashParts>().is_ok();
+    }
+    argon2::PasswordHash::new(hash).is_ok_and(|h| {
+        matches!(h.algorithm.as_str(), "argon2id" | "argon2i" | "argon2d")
+            && Params::try_from(&h).is_ok()
+            && h.salt.is_some()
+            && h.hash.is_some()
+    })
 }
 
 /// Checks a new password against the policy beyond its length: it must not be or contain the
@@ -283,6 +324,60 @@ mod tests {
         assert!(matches!(third, Err(PasswordError::Busy)), "{third:?}");
         for r in running {
             assert!(r.await.unwrap().is_ok());
+        }
+    }
+
+    /// Hashes written by other implementations: Python's `bcrypt` 5.0 (`$2b$`, `$2a$`, and a
+    /// `$2b$` relabelled `$2y$` as PHP writes it), OpenBSD's classic test vector, and
+    /// argon2-cffi 25.1 with its own defaults (m=65536, t=3, p=4).
+    pub(crate) const FOREIGN_HASHES: &[(&str, &str)] = &[
+        (
+            "imported passphrase one",
+            "$2b$10$C347REkkhmmXABq/iwrXS.lUSq3xzh6oz2hG0xVKqUwFYhcS/wQge",
+        ),
+        (
+            "imported passphrase two",
+            "$2a$10$8GYDYpSC/R4tZnXr9xV/reFIsfPyJedtNPyypr5lBUxwtqM2R3ceG",
+        ),
+        (
+            "imported passphrase three",
+            "$2y$10$tYtFqhI./E6VOtmbX91teua9eANQsSrow2gMqgRYueE3pnToGfrGS",
+        ),
+        (
+            "U*U",
+            "$2a$05$CCCCCCCCCCCCCCCCCCCCC.E5YPO9kmyuRGyh0XouQYb4YMJKvyOeW",
+        ),
+        (
+            "imported passphrase four",
+            "$argon2id$v=19$m=65536,t=3,p=4$jtf6Y8eWtoeV2mtpprCwQw$AF+ZR3ebspbBuJMDKBoZO1Ww1HL/cWDAb3aa01CFr/0",
+        ),
+    ];
+
+    #[tokio::test]
+    async fn hashes_from_other_implementations_verify_and_ask_for_an_upgrade() {
+        let h = hasher();
+        for (password, hash) in FOREIGN_HASHES {
+            assert!(is_importable_hash(hash), "{hash}");
+            let right = Password::presented(password, 256).unwrap();
+            assert!(h.verify(&right, Some(hash)).await.unwrap(), "{hash}");
+            let wrong = Password::presented("not it at all", 256).unwrap();
+            assert!(!h.verify(&wrong, Some(hash)).await.unwrap(), "{hash}");
+            assert!(h.needs_rehash(hash), "{hash}");
+        }
+        let own = h
+            .hash(&Password::presented("fresh", 256).unwrap())
+            .await
+            .unwrap();
+        assert!(!h.needs_rehash(&own));
+        for bad in [
+            "",
+            "plaintext",
+            "$1$md5crypt$abc",
+            "$2b$10$short",
+            "$argon2id$v=19$garbage",
+            "$scrypt$ln=16,r=8,p=1$aM15713r3Xsvxbi31lqr1Q$nFNh2CVHVjNldFVKDHDlm4CbdRSCdEBsjjJxD+iCs5E",
+        ] {
+            assert!(!is_importable_hash(bad), "{bad}");
         }
     }
 

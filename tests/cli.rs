@@ -5,6 +5,16 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 fn keygate(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    keygate_with_stdin(dir, args, env, None)
+}
+
+fn keygate_with_stdin(
+    dir: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    stdin: Option<&str>,
+) -> Output {
+    use std::io::Write as _;
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_keygate"));
     cmd.current_dir(dir).args(args);
     for (k, _) in std::env::vars() {
@@ -13,7 +23,20 @@ fn keygate(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Output
         }
     }
     cmd.envs(env.iter().copied());
-    let out = cmd.output().expect("run keygate");
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("run keygate");
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+    }
+    drop(child.stdin.take());
+    let out = child.wait_with_output().expect("run keygate");
     eprintln!(
         "$ keygate {}\nstatus: {}\nstdout:\n{}\nstderr:\n{}",
         args.join(" "),
@@ -168,4 +191,251 @@ fn purge_runs_on_the_database_and_reports_counts() {
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert!(stdout.contains("purged 0 ended sessions"), "{stdout}");
     assert!(stdout.contains("sessions: 0 -> 0"), "{stdout}");
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn the_user_commands_administer_accounts() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let pw = "correct horse battery staple\n";
+    let out = keygate_with_stdin(
+        d,
+        &[
+            "user",
+            "add",
+            "Root@Example.com",
+            "--role",
+            "admin",
+            "--name",
+            "Root",
+            "--password-stdin",
+        ],
+        &[],
+        Some(pw),
+    );
+    assert!(out.status.success());
+    assert!(stdout(&out).contains("created user") && stdout(&out).contains("root@example.com"));
+    let out = keygate_with_stdin(
+        d,
+        &[
+            "user",
+            "add",
+            "ada@example.com",
+            "--username",
+            "ada",
+            "--password-stdin",
+        ],
+        &[],
+        Some(pw),
+    );
+    assert!(out.status.success());
+
+    let out = keygate(d, &["user", "list"], &[]);
+    assert!(out.status.success());
+    let list = stdout(&out);
+    assert!(
+        list.contains("root@example.com")
+            && list.contains("admin")
+            && list.contains("ada@example.com"),
+        "{list}"
+    );
+
+    let out = keygate(d, &["user", "show", "ada"], &[]);
+    assert!(stdout(&out).contains("email: ada@example.com"));
+    assert!(!stdout(&out).contains("argon2"), "never the hash");
+
+    let out = keygate(
+        d,
+        &["user", "set-roles", "ada@example.com", "editor", "support"],
+        &[],
+    );
+    assert!(out.status.success());
+    assert!(stdout(&out).contains("editor,support"));
+    let out = keygate(d, &["user", "disable", "ada@example.com"], &[]);
+    assert!(out.status.success() && stdout(&out).contains("disabled"));
+    assert!(stdout(&keygate(d, &["user", "show", "ada"], &[])).contains("active: false"));
+    assert!(keygate(d, &["user", "enable", "ada"], &[]).status.success());
+
+    let out = keygate_with_stdin(
+        d,
+        &["user", "reset-password", "ada", "--password-stdin"],
+        &[],
+        Some("a completely new passphrase\n"),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = keygate(d, &["sessions", "list", "ada"], &[]);
+    assert!(out.status.success());
+    let out = keygate(
+        d,
+        &["sessions", "revoke", "01900000-0000-7000-8000-000000000000"],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("no live session"));
+
+    let out = keygate(d, &["keys", "list"], &[]);
+    assert!(out.status.success());
+    assert!(
+        stdout(&out).contains("EdDSA") && stdout(&out).contains("active"),
+        "{}",
+        stdout(&out)
+    );
+
+    let out = keygate(d, &["user", "delete", "ada"], &[]);
+    assert!(out.status.success());
+    let out = keygate(d, &["user", "show", "ada"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("no user with id, email or username `ada`"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn user_add_refuses_bad_input_with_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let out = keygate_with_stdin(
+        d,
+        &["user", "add", "ada@example.com", "--password-stdin"],
+        &[],
+        Some("password123\n"),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("password"), "{}", stderr(&out));
+    let out = keygate_with_stdin(
+        d,
+        &["user", "add", "not-an-email", "--password-stdin"],
+        &[],
+        Some("correct horse battery staple\n"),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    // No terminal and no --password-stdin: it will not take the password from anywhere else.
+    let out = keygate(d, &["user", "add", "ada@example.com"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--password-stdin"));
+    let out = keygate(
+        d,
+        &["user", "add", "ada@example.com", "--password", "x"],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2), "there is no --password flag");
+}
+
+const IMPORT: &str = r#"{"email": "py@example.com", "password_hash": "$2b$10$C347REkkhmmXABq/iwrXS.lUSq3xzh6oz2hG0xVKqUwFYhcS/wQge", "name": "From Python"}
+{"email": "passlib@example.com", "password_hash": "$2a$10$8GYDYpSC/R4tZnXr9xV/reFIsfPyJedtNPyypr5lBUxwtqM2R3ceG", "roles": ["editor"]}
+
+{"email": "php@example.com", "username": "php", "password_hash": "$2y$10$tYtFqhI./E6VOtmbX91teua9eANQsSrow2gMqgRYueE3pnToGfrGS"}
+{"email": "cffi@example.com", "password_hash": "$argon2id$v=19$m=65536,t=3,p=4$jtf6Y8eWtoeV2mtpprCwQw$AF+ZR3ebspbBuJMDKBoZO1Ww1HL/cWDAb3aa01CFr/0", "is_active": true}
+{"email": "broken@example.com", "password_hash": "$1$md5$notsupported"}
+this is not json
+{"email": "not-an-email", "password_hash": "$2b$10$C347REkkhmmXABq/iwrXS.lUSq3xzh6oz2hG0xVKqUwFYhcS/wQge"}
+{"email": "dup@example.com", "username": "php", "password_hash": "$2b$10$C347REkkhmmXABq/iwrXS.lUSq3xzh6oz2hG0xVKqUwFYhcS/wQge"}
+"#;
+
+#[test]
+fn import_takes_foreign_hashes_reports_bad_lines_and_upgrades_hashes_at_login() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("users.jsonl"), IMPORT).unwrap();
+    let out = keygate(d, &["import", "users.jsonl"], &[]);
+    assert_eq!(out.status.code(), Some(1), "some lines failed");
+    let (o, e) = (stdout(&out), stderr(&out));
+    assert!(
+        o.contains("imported 4 users; 0 already existed; 4 lines failed"),
+        "{o}"
+    );
+    for line in [6, 7, 8, 9] {
+        assert!(
+            e.contains(&format!("line {line}: ")),
+            "line {line} reported: {e}"
+        );
+    }
+    assert!(e.contains("line 6: password_hash is not a bcrypt"), "{e}");
+    assert!(
+        e.contains("line 9: username already belongs to another user"),
+        "{e}"
+    );
+    assert!(!e.contains("$2b$10$C347"), "hashes are not echoed");
+    // Re-running duplicates nothing.
+    let out = keygate(d, &["import", "users.jsonl"], &[]);
+    assert!(
+        stdout(&out).contains("imported 0 users; 4 already existed"),
+        "{}",
+        stdout(&out)
+    );
+
+    // Log in as each imported user through a real server; hashes become argon2id.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let url = format!("sqlite://{}", d.join("keygate.db").display());
+        let config = keygate::Config::from_toml(&format!(
+            "listen = \"127.0.0.1:0\"\ndatabase_url = \"{url}\""
+        ))
+        .unwrap();
+        let app = keygate::App::build(config).await.unwrap();
+        let base = format!("http://{}", app.local_addr());
+        let state = app.state();
+        tokio::spawn(app.run_until(std::future::pending()));
+        let client = reqwest::Client::new();
+        for (email, password) in [
+            ("py@example.com", "imported passphrase one"),
+            ("passlib@example.com", "imported passphrase two"),
+            ("php", "imported passphrase three"),
+            ("cffi@example.com", "imported passphrase four"),
+        ] {
+            let user = state.auth.find_user(email).await.unwrap();
+            let before = state
+                .auth
+                .store()
+                .password_hash(user.id)
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(!before.phc().starts_with("$argon2id$v=19$m=19456,t=2,p=1$"));
+            let wrong = client
+                .post(format!("{base}/auth/login"))
+                .json(&serde_json::json!({"email": email, "password": "wrong password"}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(wrong.status(), 401);
+            let r = client
+                .post(format!("{base}/auth/login"))
+                .json(&serde_json::json!({"email": email, "password": password}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200, "{email}");
+            let after = state
+                .auth
+                .store()
+                .password_hash(user.id)
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(
+                after.phc().starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+                "{email} upgraded"
+            );
+            let again = client
+                .post(format!("{base}/auth/login"))
+                .json(&serde_json::json!({"email": email, "password": password}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(again.status(), 200, "{email} with the upgraded hash");
+        }
+        let editor = state.auth.find_user("passlib@example.com").await.unwrap();
+        assert_eq!(editor.roles, vec!["editor"]);
+    });
 }

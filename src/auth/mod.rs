@@ -7,6 +7,7 @@
 mod account;
 mod admin;
 mod events;
+mod import;
 mod sessions;
 
 use std::collections::BTreeMap;
@@ -18,6 +19,7 @@ use time::OffsetDateTime;
 
 pub use account::{ProfileChange, Registration};
 pub use admin::{ADMIN_ROLE, Actor, Page, UserPatch, page_size};
+pub use import::Imported;
 pub use sessions::{LogoutScope, Principal, TokenPair};
 
 use crate::clock::Clock;

@@ -113,6 +113,9 @@ impl Auth {
             .await?;
         if ok {
             self.limits.login_succeeded(&login, ip).await;
+            if let Some((user, hash)) = &found {
+                self.upgrade_hash(user, hash.phc(), &password).await;
+            }
         } else {
             self.limits.login_failed(&login, ip).await;
         }
@@ -143,6 +146,28 @@ impl Auth {
         )
         .await;
         Ok(pair)
+    }
+
+    /// Replaces an imported or outdated hash by argon2id with the current parameters, now
+    /// that the password is known to be right. Failure is logged: the login still succeeds.
+    async fn upgrade_hash(&self, user: &UserRecord, stored: &str, password: &Password) {
+        if !self.hasher.needs_rehash(stored) {
+            return;
+        }
+        let result = match self.hasher.hash(password).await {
+            Ok(hash) => self
+                .store
+                .set_password_hash(user.id, &hash, self.now())
+                .await
+                .map_err(|e| super::error_chain(&e)),
+            Err(e) => Err(e.to_string()),
+        };
+        match result {
+            Ok(_) => tracing::info!(user_id = %user.id, "password hash upgraded to argon2id"),
+            Err(e) => {
+                tracing::warn!(user_id = %user.id, error = %e, "password hash upgrade failed")
+            }
+        }
     }
 
     async fn open_session(

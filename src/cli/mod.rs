@@ -4,9 +4,13 @@
 //! Errors go to stderr as one sentence saying what is wrong and how to fix it.
 
 mod config;
+mod import;
+mod keys;
 mod migrate;
 mod purge;
 mod serve;
+mod sessions;
+mod user;
 
 use std::io::IsTerminal as _;
 use std::path::PathBuf;
@@ -37,6 +41,20 @@ pub enum Command {
     Migrate(DatabaseArgs),
     /// Delete ended sessions, expired grace data and audit events past retention.
     Purge(DatabaseArgs),
+    /// Manage users.
+    #[command(subcommand)]
+    User(user::UserCommand),
+    /// Inspect and end sessions.
+    #[command(subcommand)]
+    Sessions(sessions::SessionsCommand),
+    /// Show signing keys.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
+    /// Import users from JSON Lines with their existing password hashes.
+    Import {
+        /// The file: one `{email, name?, username?, password_hash, roles?, is_active?}` per line.
+        file: PathBuf,
+    },
     /// Inspect the configuration.
     #[command(subcommand)]
     Config(config::ConfigCommand),
@@ -98,7 +116,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     let flags = match &cli.command {
         Command::Serve(args) => args.flags(),
         Command::Migrate(args) | Command::Purge(args) => args.flags(),
-        Command::Config(_) => Vec::new(),
+        _ => Vec::new(),
     };
     let config = Config::load(&Sources {
         file: cli.config.clone(),
@@ -120,6 +138,22 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             purge::run(config).await
         }
         Command::Config(cmd) => config::run(cmd, &config),
+        Command::User(cmd) => {
+            init_cli_logging(&config);
+            user::run(cmd, &open(config).await?).await
+        }
+        Command::Sessions(cmd) => {
+            init_cli_logging(&config);
+            sessions::run(cmd, &open(config).await?).await
+        }
+        Command::Keys(cmd) => {
+            init_cli_logging(&config);
+            keys::run(cmd, &open(config).await?).await
+        }
+        Command::Import { file } => {
+            init_cli_logging(&config);
+            import::run(&file, &open(config).await?).await
+        }
     }
 }
 
@@ -140,6 +174,35 @@ async fn open(config: Config) -> Result<crate::auth::Auth, Failure> {
     )
     .await
     .map_err(|e| Failure::Runtime(e.to_string()))
+}
+
+/// Maps a use-case error to an exit: bad input is a usage error (2), the rest runtime (1).
+pub(crate) fn from_auth(e: crate::auth::AuthError) -> Failure {
+    use crate::auth::AuthError as E;
+    match e {
+        E::Validation(fields) => Failure::Usage(
+            fields
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect::<Vec<_>>()
+                .join("; "),
+        ),
+        E::Conflict(what) => Failure::Runtime(format!("{what} already belongs to another user")),
+        E::NotFound => Failure::Runtime("not found".to_owned()),
+        E::Forbidden(why) => Failure::Runtime(why.to_owned()),
+        E::Unavailable => Failure::Runtime("the database is unavailable; try again".to_owned()),
+        other => Failure::Runtime(other.to_string()),
+    }
+}
+
+/// Administrative commands print their results on stdout; logs stay quiet unless asked for
+/// (`RUST_LOG`) or something goes wrong.
+fn init_cli_logging(config: &Config) {
+    let mut quiet = config.clone();
+    if std::env::var_os("RUST_LOG").is_none() {
+        quiet.log.level = "warn".to_owned();
+    }
+    init_logging(&quiet);
 }
 
 /// Logs go to stderr: JSON when not on a terminal (or when configured), readable otherwise.

@@ -71,4 +71,37 @@ impl Store {
         })?;
         Ok(rows.into_iter().map(StoredKey::from).collect())
     }
+
+    /// Every signing key with its state (`active`, `next`, `retired`), oldest first.
+    pub async fn all_keys(&self) -> Result<Vec<KeyInfo>, StoreError> {
+        let rows: Vec<(String, String, String, i64)> = on_pool!(self, read, |pool| {
+            sqlx::query_as(
+                "select kid, algorithm, state, created_at from signing_keys order by created_at, kid",
+            )
+            .fetch_all(pool)
+            .await?
+        })?;
+        Ok(rows
+            .into_iter()
+            .map(|(kid, algorithm, state, created_at)| KeyInfo {
+                kid,
+                algorithm,
+                state,
+                created_at: from_millis(created_at),
+            })
+            .collect())
+    }
+}
+
+/// A signing key's public description.
+#[derive(Debug, Clone)]
+pub struct KeyInfo {
+    /// Key id.
+    pub kid: String,
+    /// Algorithm.
+    pub algorithm: String,
+    /// `active`, `next` or `retired`.
+    pub state: String,
+    /// Creation time.
+    pub created_at: time::OffsetDateTime,
 }

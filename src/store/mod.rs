@@ -21,6 +21,7 @@ use sqlx::sqlite::{
 };
 
 pub use audit::{AuditQuery, AuditRecord, NewAuditEvent};
+pub use keys::KeyInfo;
 pub use purge::{PurgeCounts, TableCounts};
 pub use sessions::{NewSession, Rotation, SessionRecord};
 pub use users::{NewUser, StoredHash, UserChange, UserRecord};

@@ -326,3 +326,37 @@ async fn password_change_needs_the_current_password_and_ends_other_sessions() {
         200
     );
 }
+
+#[tokio::test]
+async fn a_hash_with_old_argon2_parameters_is_upgraded_at_the_next_login() {
+    let Some(app) = TestApp::spawn().await else {
+        return;
+    };
+    let user = app.register("ada@example.com").await;
+    let id = UserId::parse(user["id"].as_str().unwrap()).unwrap();
+    let store = app.state.auth.store();
+    let before = store.password_hash(id).await.unwrap().unwrap();
+    assert!(before.phc().starts_with("$argon2id$v=19$m=19456,t=2,p=1$"));
+    let stronger = app
+        .sibling("password.memory_kib = 24576\npassword.iterations = 3")
+        .await;
+    assert_eq!(
+        stronger
+            .login_response("ada@example.com", PASSWORD)
+            .await
+            .status(),
+        200
+    );
+    let after = store.password_hash(id).await.unwrap().unwrap();
+    assert!(
+        after.phc().starts_with("$argon2id$v=19$m=24576,t=3,p=1$"),
+        "upgraded"
+    );
+    // The old node still verifies the new hash (argon2 reads the parameters from the hash).
+    assert_eq!(
+        app.login_response("ada@example.com", PASSWORD)
+            .await
+            .status(),
+        200
+    );
+}

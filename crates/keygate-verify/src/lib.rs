@@ -85,6 +85,50 @@ impl Claims {
     pub fn has_permission(&self, permission: &str) -> bool {
         self.permissions.iter().any(|p| p == permission)
     }
+
+    /// A guard for resource servers: `Ok` if the token carries `role`, else [`Forbidden`]
+    /// (answer 403; a bad or missing token is 401 and never reaches this point).
+    ///
+    /// ```
+    /// # use keygate_verify::{Audience, Claims};
+    /// # let claims = Claims { iss: "i".into(), sub: "u".into(), aud: Audience::One("a".into()),
+    /// #     exp: 0, iat: 0, jti: "j".into(), sid: "s".into(),
+    /// #     roles: vec!["admin".into()], permissions: vec!["users:read".into()] };
+    /// assert!(claims.require_role("admin").is_ok());
+    /// assert!(claims.require_permission("users:write").is_err());
+    /// ```
+    pub fn require_role(&self, role: &str) -> Result<(), Forbidden> {
+        if self.has_role(role) {
+            Ok(())
+        } else {
+            Err(Forbidden {
+                kind: "role",
+                name: role.to_owned(),
+            })
+        }
+    }
+
+    /// Like [`Claims::require_role`], for a permission.
+    pub fn require_permission(&self, permission: &str) -> Result<(), Forbidden> {
+        if self.has_permission(permission) {
+            Ok(())
+        } else {
+            Err(Forbidden {
+                kind: "permission",
+                name: permission.to_owned(),
+            })
+        }
+    }
+}
+
+/// A valid token without the required role or permission: answer 403 `forbidden`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("this requires the {kind} `{name}`")]
+pub struct Forbidden {
+    /// `role` or `permission`.
+    pub kind: &'static str,
+    /// The missing role or permission.
+    pub name: String,
 }
 
 /// The `aud` claim: a single string or a list (RFC 7519 section 4.1.3).
@@ -433,6 +477,19 @@ mod tests {
         assert_eq!(c.sub, "u1");
         assert!(c.has_role("admin"));
         assert!(!c.has_permission("x"));
+    }
+
+    #[test]
+    fn guards_check_roles_and_permissions() {
+        let now = 1_700_000_000;
+        let mut c = claims(now);
+        c["permissions"] = serde_json::json!(["users:read"]);
+        let claims = verifier().verify(&sign(at_header(), &c), now).unwrap();
+        assert!(claims.require_role("admin").is_ok());
+        assert!(claims.require_permission("users:read").is_ok());
+        let e = claims.require_role("root").unwrap_err();
+        assert_eq!(e.to_string(), "this requires the role `root`");
+        assert!(claims.require_permission("users:write").is_err());
     }
 
     #[test]

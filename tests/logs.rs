@@ -1,0 +1,193 @@
+//! Structured logs: the real binary, JSON on a non-terminal, at debug level, through a whole
+//! flow — and not one token, password or hash in the output.
+
+use std::io::{BufRead as _, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+const PASSWORD: &str = "correct horse battery staple";
+const WRONG: &str = "not the password at all";
+const NEW_PASSWORD: &str = "an entirely different passphrase";
+
+#[test]
+fn a_whole_flow_logs_auth_events_with_stable_fields_and_no_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_keygate"))
+        .current_dir(dir.path())
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "debug")
+        .env("KEYGATE_REFRESH_REUSE_GRACE", "0")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    let sink = lines.clone();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<Value>(&line)
+                && v["message"] == "keygate listening"
+            {
+                let _ = tx.send(v["address"].as_str().unwrap_or_default().to_owned());
+            }
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("server reports its address");
+    let base = format!("http://{addr}");
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let secrets = runtime.block_on(async {
+        let c = reqwest::Client::new();
+        let post = |path: &str, body: Value, bearer: Option<&str>| {
+            let mut req = c.post(format!("{base}{path}")).json(&body);
+            if let Some(token) = bearer {
+                req = req.bearer_auth(token);
+            }
+            req.send()
+        };
+        let r = post(
+            "/auth/register",
+            json!({"email": "ada@example.com", "password": PASSWORD}),
+            None,
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status(), 201);
+        let r = post(
+            "/auth/login",
+            json!({"email": "ada@example.com", "password": WRONG}),
+            None,
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status(), 401);
+        let first: Value = post(
+            "/auth/login",
+            json!({"email": "ada@example.com", "password": PASSWORD}),
+            None,
+        )
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+        let second: Value = post(
+            "/auth/refresh",
+            json!({"refresh_token": first["refresh_token"]}),
+            None,
+        )
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+        let reuse = post(
+            "/auth/refresh",
+            json!({"refresh_token": first["refresh_token"]}),
+            None,
+        )
+        .await
+        .unwrap();
+        assert_eq!(reuse.status(), 401);
+        let third: Value = post(
+            "/auth/login",
+            json!({"email": "ada@example.com", "password": PASSWORD}),
+            None,
+        )
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+        let r = post(
+            "/auth/password",
+            json!({"current_password": PASSWORD, "new_password": NEW_PASSWORD}),
+            third["access_token"].as_str(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status(), 204);
+        let r = post("/auth/logout", json!({}), third["access_token"].as_str())
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204);
+        let mut secrets: Vec<String> = vec![PASSWORD.into(), WRONG.into(), NEW_PASSWORD.into()];
+        for t in [&first, &second, &third] {
+            let access = t["access_token"].as_str().unwrap();
+            let refresh = t["refresh_token"].as_str().unwrap();
+            secrets.push(access.to_owned());
+            secrets.push(access.rsplit('.').next().unwrap().to_owned());
+            secrets.push(refresh.to_owned());
+            secrets.push(refresh.split('.').nth(1).unwrap().to_owned());
+        }
+        secrets
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    reader.join().unwrap();
+
+    // The password hash, read from the database the server used.
+    let hash = runtime.block_on(async {
+        let url = format!("sqlite://{}", dir.path().join("keygate.db").display());
+        let config = keygate::Config::from_toml(&format!("database_url = \"{url}\"")).unwrap();
+        let store = keygate::store::Store::connect(&config).await.unwrap();
+        let user = store
+            .find_user_by_login("ada@example.com")
+            .await
+            .unwrap()
+            .unwrap();
+        store
+            .password_hash(user.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .phc()
+            .to_owned()
+    });
+
+    let lines = lines.lock().unwrap();
+    assert!(lines.len() > 20, "debug logs were written: {}", lines.len());
+    let all = lines.join("\n");
+    for secret in secrets.iter().map(String::as_str).chain([hash.as_str()]) {
+        assert!(!all.contains(secret), "a secret is in the logs");
+    }
+    // Every line is JSON (stderr is not a terminal) and auth events carry stable fields.
+    let events: Vec<Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str::<Value>(l).expect("JSON log line"))
+        .filter(|v| v["message"] == "auth event")
+        .collect();
+    let names: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    for expected in [
+        "user_created",
+        "login_failed",
+        "login_succeeded",
+        "refresh_succeeded",
+        "refresh_token_reused",
+        "password_changed",
+        "logout",
+    ] {
+        assert!(names.contains(&expected), "{expected} in {names:?}");
+    }
+    for e in &events {
+        for field in ["event", "user_id", "session_id", "outcome", "reason", "ip"] {
+            assert!(e.get(field).is_some(), "{field} in {e}");
+        }
+    }
+    // Request spans carry a request id.
+    assert!(
+        lines.iter().any(|l| l.contains("request_id")),
+        "request spans with ids"
+    );
+}
