@@ -289,6 +289,20 @@ fn the_user_commands_administer_accounts() {
         stdout(&out)
     );
 
+    let out = keygate(d, &["audit", "--user", "ada", "--limit", "10"], &[]);
+    assert!(out.status.success());
+    let audit = stdout(&out);
+    for event in [
+        "user_created",
+        "user_updated",
+        "user_disabled",
+        "password_changed",
+    ] {
+        assert!(audit.contains(event), "{event} in {audit}");
+    }
+    let out = keygate(d, &["audit", "--event", "user_disabled"], &[]);
+    assert_eq!(stdout(&out).lines().count(), 2, "a header and one event");
+
     let out = keygate(d, &["user", "delete", "ada"], &[]);
     assert!(out.status.success());
     let out = keygate(d, &["user", "show", "ada"], &[]);

@@ -3,6 +3,7 @@
 //! Exit codes (OPERATIONS.md): 0 success, 1 runtime failure, 2 usage or configuration error.
 //! Errors go to stderr as one sentence saying what is wrong and how to fix it.
 
+mod audit;
 mod config;
 mod import;
 mod keys;
@@ -47,6 +48,8 @@ pub enum Command {
     /// Inspect and end sessions.
     #[command(subcommand)]
     Sessions(sessions::SessionsCommand),
+    /// Show the newest audit events.
+    Audit(audit::AuditArgs),
     /// Show signing keys.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
@@ -145,6 +148,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Sessions(cmd) => {
             init_cli_logging(&config);
             sessions::run(cmd, &open(config).await?).await
+        }
+        Command::Audit(args) => {
+            init_cli_logging(&config);
+            audit::run(args, &open(config).await?).await
         }
         Command::Keys(cmd) => {
             init_cli_logging(&config);
