@@ -1,0 +1,566 @@
+//! Keygate's HTTP load benchmark (docs/PERFORMANCE.md).
+//!
+//! Starts a release `keygate serve` on a temporary SQLite file (and, when
+//! `KEYGATE_TEST_DATABASE_URL` is set, again on a fresh PostgreSQL schema), creates users, then
+//! measures fixed-duration, fixed-concurrency scenarios with a minimal HTTP/1.1 client and reports
+//! requests/s, p50/p99 latency and errors, each as a ratio to `GET /healthz` measured in the
+//! same run. The load client shares the machine's cores with the server, as documented.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Bytes;
+use hyper::{Method, Request};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+
+const PASSWORD: &str = "correct horse battery staple";
+
+#[derive(Debug, Clone)]
+struct Options {
+    server: PathBuf,
+    duration: Duration,
+    warmup: Duration,
+    connections: usize,
+    users: usize,
+    out: PathBuf,
+}
+
+fn options() -> Options {
+    let mut o = Options {
+        server: PathBuf::from("target/release/keygate"),
+        duration: Duration::from_secs(10),
+        warmup: Duration::from_secs(2),
+        connections: 32,
+        users: 1000,
+        out: PathBuf::from("bench-results.json"),
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < args.len() {
+        let value = args.get(i + 1).cloned().unwrap_or_default();
+        match args[i].as_str() {
+            "--server" => o.server = PathBuf::from(value),
+            "--duration" => o.duration = Duration::from_secs_f64(value.parse().unwrap_or(10.0)),
+            "--warmup" => o.warmup = Duration::from_secs_f64(value.parse().unwrap_or(2.0)),
+            "--connections" => o.connections = value.parse().unwrap_or(32),
+            "--users" => o.users = value.parse().unwrap_or(1000),
+            "--out" => o.out = PathBuf::from(value),
+            "--smoke" => {
+                o.duration = Duration::from_millis(500);
+                o.warmup = Duration::from_millis(100);
+                o.users = 20;
+                o.connections = 4;
+                i += 1;
+                continue;
+            }
+            other => {
+                eprintln!("unknown argument {other}; see docs/PERFORMANCE.md");
+                std::process::exit(2);
+            }
+        }
+        i += 2;
+    }
+    o
+}
+
+/// One HTTP/1.1 keep-alive connection.
+struct Conn {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+}
+
+impl Conn {
+    async fn open(addr: &str) -> Result<Conn, String> {
+        let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        Ok(Conn { sender })
+    }
+
+    async fn call(
+        &mut self,
+        method: Method,
+        path: &str,
+        bearer: Option<&str>,
+        body: Option<&Value>,
+    ) -> Result<(u16, Bytes), String> {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "bench");
+        if let Some(token) = bearer {
+            req = req.header("authorization", format!("Bearer {token}"));
+        }
+        let body = match body {
+            Some(v) => {
+                req = req.header("content-type", "application/json");
+                Full::new(Bytes::from(v.to_string()))
+            }
+            None => Full::new(Bytes::new()),
+        };
+        self.sender.ready().await.map_err(|e| e.to_string())?;
+        let resp = self
+            .sender
+            .send_request(req.body(body).map_err(|e| e.to_string())?)
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok((status, bytes))
+    }
+}
+
+/// What each scenario's connection does for its n-th request.
+#[derive(Clone)]
+enum Work {
+    Healthz,
+    Me(Arc<Vec<String>>),
+    Refresh(Arc<Vec<String>>),
+    Login(Arc<Vec<String>>),
+}
+
+#[derive(Debug, Default, Clone)]
+struct Outcome {
+    requests: u64,
+    errors: u64,
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    f64::from(sorted[idx]) / 1000.0
+}
+
+/// Runs `work` on `connections` connections for warmup + duration; measures the duration.
+async fn run(
+    addr: &str,
+    work: Work,
+    connections: usize,
+    warmup: Duration,
+    duration: Duration,
+) -> Outcome {
+    let stop = Arc::new(AtomicBool::new(false));
+    let measuring = Arc::new(AtomicBool::new(false));
+    let counter = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for c in 0..connections {
+        let (addr, work, stop, measuring, counter) = (
+            addr.to_owned(),
+            work.clone(),
+            stop.clone(),
+            measuring.clone(),
+            counter.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut latencies: Vec<u32> = Vec::with_capacity(1 << 16);
+            let mut errors = 0u64;
+            let mut conn = match Conn::open(&addr).await {
+                Ok(c) => c,
+                Err(_) => return (latencies, 1),
+            };
+            // Refresh: each connection rotates its own session's token.
+            let mut refresh = match &work {
+                Work::Refresh(tokens) => Some(tokens[c % tokens.len()].clone()),
+                _ => None,
+            };
+            while !stop.load(Ordering::Relaxed) {
+                let n = counter.fetch_add(1, Ordering::Relaxed);
+                let started = Instant::now();
+                let result = match &work {
+                    Work::Healthz => conn.call(Method::GET, "/healthz", None, None).await,
+                    Work::Me(tokens) => {
+                        conn.call(
+                            Method::GET,
+                            "/auth/me",
+                            Some(&tokens[n % tokens.len()]),
+                            None,
+                        )
+                        .await
+                    }
+                    Work::Login(emails) => {
+                        let body = json!({"email": emails[n % emails.len()], "password": PASSWORD});
+                        conn.call(Method::POST, "/auth/login", None, Some(&body))
+                            .await
+                    }
+                    Work::Refresh(_) => {
+                        let body = json!({"refresh_token": refresh.clone().unwrap_or_default()});
+                        let r = conn
+                            .call(Method::POST, "/auth/refresh", None, Some(&body))
+                            .await;
+                        if let Ok((200, bytes)) = &r
+                            && let Ok(v) = serde_json::from_slice::<Value>(bytes)
+                        {
+                            refresh = v["refresh_token"].as_str().map(str::to_owned);
+                        }
+                        r
+                    }
+                };
+                let ok = matches!(result, Ok((s, _)) if (200..300).contains(&s));
+                if measuring.load(Ordering::Relaxed) {
+                    latencies
+                        .push(u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX));
+                    if !ok {
+                        errors += 1;
+                    }
+                }
+                if result.is_err() {
+                    match Conn::open(&addr).await {
+                        Ok(c) => conn = c,
+                        Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                    }
+                }
+            }
+            (latencies, errors)
+        }));
+    }
+    tokio::time::sleep(warmup).await;
+    measuring.store(true, Ordering::Relaxed);
+    let started = Instant::now();
+    tokio::time::sleep(duration).await;
+    measuring.store(false, Ordering::Relaxed);
+    let elapsed = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        if let Ok((lat, err)) = t.await {
+            all.extend(lat);
+            errors += err;
+        }
+    }
+    all.sort_unstable();
+    Outcome {
+        requests: all.len() as u64,
+        errors,
+        rps: all.len() as f64 / elapsed.as_secs_f64(),
+        p50_ms: percentile(&all, 0.50),
+        p99_ms: percentile(&all, 0.99),
+    }
+}
+
+struct Server {
+    child: tokio::process::Child,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    async fn start(opts: &Options, database_url: Option<String>) -> Server {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let db = database_url
+            .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("keygate.db").display()));
+        let child = tokio::process::Command::new(&opts.server)
+            .current_dir(dir.path())
+            .args(["serve", "--listen", &addr])
+            .env("KEYGATE_DATABASE_URL", &db)
+            // All load comes from one address: per-IP limits would measure the limiter.
+            .env("KEYGATE_RATE_LIMITS__ENABLED", "false")
+            .env("KEYGATE_LOG__LEVEL", "warn")
+            .env("KEYGATE_LOG__FORMAT", "json")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start keygate: build it with `cargo build --release` first");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(mut c) = Conn::open(&addr).await
+                && let Ok((200, _)) = c.call(Method::GET, "/healthz", None, None).await
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "keygate did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Server {
+            child,
+            addr,
+            _dir: dir,
+        }
+    }
+
+    fn peak_rss_mb(&self) -> Option<f64> {
+        let pid = self.child.id()?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let kb: f64 = status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()?;
+        Some(kb / 1024.0)
+    }
+}
+
+/// Registers and logs in `n` users, 8 at a time; returns (emails, access tokens, refresh tokens).
+async fn populate(addr: &str, n: usize) -> (Vec<String>, Vec<String>, Vec<String>) {
+    let emails: Vec<String> = (0..n)
+        .map(|i| format!("user{i}@bench.example.com"))
+        .collect();
+    let emails = Arc::new(emails);
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (addr, emails, next) = (addr.to_owned(), emails.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Conn::open(&addr).await.expect("connect");
+            let mut out = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= emails.len() {
+                    break;
+                }
+                let body = json!({"email": emails[i], "password": PASSWORD});
+                let (s, _) = conn
+                    .call(Method::POST, "/auth/register", None, Some(&body))
+                    .await
+                    .expect("register");
+                assert_eq!(s, 201, "register");
+                let (s, bytes) = conn
+                    .call(Method::POST, "/auth/login", None, Some(&body))
+                    .await
+                    .expect("login");
+                assert_eq!(s, 200, "login");
+                let v: Value = serde_json::from_slice(&bytes).expect("json");
+                out.push((
+                    i,
+                    v["access_token"].as_str().unwrap_or_default().to_owned(),
+                    v["refresh_token"].as_str().unwrap_or_default().to_owned(),
+                ));
+            }
+            out
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.expect("populate"));
+    }
+    all.sort_by_key(|(i, _, _)| *i);
+    let access = all.iter().map(|(_, a, _)| a.clone()).collect();
+    let refresh = all.iter().map(|(_, _, r)| r.clone()).collect();
+    ((*emails).clone(), access, refresh)
+}
+
+/// Access tokens the server has never seen, for live sessions: signed with the server's own key
+/// read from its database (a benchmark may; nothing else should).
+async fn mint_fresh_tokens(database_url: &str, access: &[String], count: usize) -> Vec<String> {
+    let config =
+        keygate::Config::from_toml(&format!("database_url = \"{database_url}\"")).expect("config");
+    let store = keygate::store::Store::connect(&config)
+        .await
+        .expect("open the bench database");
+    let key = store
+        .active_key("EdDSA")
+        .await
+        .expect("read key")
+        .expect("a key");
+    let ring =
+        Arc::new(keygate::token::KeyRing::from_stored(&config, &key, &[]).expect("key ring"));
+    store.close().await;
+    let grants: Vec<(String, String)> = access
+        .iter()
+        .filter_map(|t| {
+            let payload = t.split('.').nth(1)?;
+            let bytes = base64_decode(payload)?;
+            let v: Value = serde_json::from_slice(&bytes).ok()?;
+            Some((v["sub"].as_str()?.to_owned(), v["sid"].as_str()?.to_owned()))
+        })
+        .collect();
+    let grants = Arc::new(grants);
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let mut tasks = Vec::new();
+    for t in 0..threads {
+        let (ring, grants) = (ring.clone(), grants.clone());
+        tasks.push(tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            let now = time::OffsetDateTime::now_utc();
+            for i in (t..count).step_by(threads) {
+                let (sub, sid) = &grants[i % grants.len()];
+                let grant = keygate::token::AccessGrant {
+                    user_id: keygate::domain::UserId::parse(sub).expect("uuid"),
+                    session_id: keygate::domain::SessionId::parse(sid).expect("uuid"),
+                    roles: &[],
+                    permissions: &[],
+                };
+                out.push(ring.issue(&grant, now).expect("sign").0);
+            }
+            out
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.expect("mint"));
+    }
+    all
+}
+
+fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(s)
+        .ok()
+}
+
+/// Time of one argon2id verify with the default parameters, measured here.
+fn argon2_verify_time() -> Duration {
+    use argon2::password_hash::{PasswordHasher as _, PasswordVerifier as _};
+    let params = argon2::Params::new(19_456, 2, 1, None).expect("params");
+    let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+    let hash = argon
+        .hash_password(PASSWORD.as_bytes())
+        .expect("hash")
+        .to_string();
+    let mut times: Vec<Duration> = (0..7)
+        .map(|_| {
+            let t = Instant::now();
+            let _ = argon.verify_password(PASSWORD.as_bytes(), hash.as_str());
+            t.elapsed()
+        })
+        .collect();
+    times.sort();
+    times[3]
+}
+
+fn row(name: &str, o: &Outcome, base: f64) -> Value {
+    println!(
+        "{name:<34} {:>10.0} {:>7.3} {:>9.2} {:>9.2} {:>7}",
+        o.rps,
+        if base > 0.0 { o.rps / base } else { 0.0 },
+        o.p50_ms,
+        o.p99_ms,
+        o.errors
+    );
+    json!({"scenario": name, "requests": o.requests, "rps": o.rps, "ratio_to_healthz": if base > 0.0 { o.rps / base } else { 0.0 },
+           "p50_ms": o.p50_ms, "p99_ms": o.p99_ms, "errors": o.errors})
+}
+
+async fn suite(opts: &Options, backend: &str, database_url: Option<String>) -> Value {
+    let server = Server::start(opts, database_url.clone()).await;
+    let db_url = database_url.clone().unwrap_or_else(|| {
+        format!(
+            "sqlite://{}",
+            server._dir.path().join("keygate.db").display()
+        )
+    });
+    let addr = server.addr.clone();
+    eprintln!("[{backend}] creating {} users…", opts.users);
+    let (emails, access, refresh) = populate(&addr, opts.users).await;
+    let (c, w, d) = (opts.connections, opts.warmup, opts.duration);
+    println!("\n{backend}: {c} connections, {d:?} per scenario after {w:?} warm-up");
+    println!(
+        "{:<34} {:>10} {:>7} {:>9} {:>9} {:>7}",
+        "scenario", "req/s", "ratio", "p50 ms", "p99 ms", "errors"
+    );
+    let mut rows = Vec::new();
+    let health = run(&addr, Work::Healthz, c, w, d).await;
+    rows.push(row("GET /healthz (baseline)", &health, health.rps));
+    let me = run(&addr, Work::Me(Arc::new(access.clone())), c, w, d).await;
+    rows.push(row("GET /auth/me, 1000 users' tokens", &me, health.rps));
+    let wanted = ((me.rps.max(health.rps * 0.5)) * (d + w).as_secs_f64() * 1.3) as usize;
+    let fresh_tokens = mint_fresh_tokens(&db_url, &access, wanted.clamp(1000, 1_500_000)).await;
+    let fresh = run(&addr, Work::Me(Arc::new(fresh_tokens)), c, w, d).await;
+    rows.push(row("GET /auth/me, a fresh token each", &fresh, health.rps));
+    let refresh_out = run(&addr, Work::Refresh(Arc::new(refresh)), c, w, d).await;
+    rows.push(row(
+        "POST /auth/refresh (rotating)",
+        &refresh_out,
+        health.rps,
+    ));
+    let logins = run(&addr, Work::Login(Arc::new(emails.clone())), c, w, d).await;
+    rows.push(row("POST /auth/login", &logins, health.rps));
+    // Logins saturating the hash pool while /auth/me is served.
+    let me_tokens = Arc::new(access.clone());
+    let (login_mix, me_mix) = tokio::join!(
+        run(&addr, Work::Login(Arc::new(emails)), c / 2, w, d),
+        run(&addr, Work::Me(me_tokens), c / 2, w, d),
+    );
+    rows.push(row("  mixed: POST /auth/login", &login_mix, health.rps));
+    rows.push(row("  mixed: GET /auth/me", &me_mix, health.rps));
+    let rss = server.peak_rss_mb();
+    println!("peak RSS of the server: {:.1} MB", rss.unwrap_or(0.0));
+    json!({"backend": backend, "scenarios": rows, "peak_rss_mb": rss, "login_rps": logins.rps,
+           "me_p99_during_logins_ms": me_mix.p99_ms})
+}
+
+#[tokio::main]
+async fn main() {
+    let opts = options();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let verify = argon2_verify_time();
+    let limit = cores as f64 / verify.as_secs_f64();
+    println!(
+        "machine: {cores} cores; argon2id m=19456 KiB t=2 p=1: one verify {:.1} ms here → hashing limit {limit:.0} logins/s",
+        verify.as_secs_f64() * 1000.0
+    );
+    let mut results = vec![suite(&opts, "sqlite", None).await];
+    if let Ok(base) = std::env::var("KEYGATE_TEST_DATABASE_URL") {
+        let url = fresh_schema(&base).await;
+        results.push(suite(&opts, "postgres", Some(url)).await);
+    }
+    for r in &results {
+        let login = r["login_rps"].as_f64().unwrap_or(0.0);
+        println!(
+            "[{}] logins: {:.0}/s = {:.0} % of the hashing limit",
+            r["backend"],
+            login,
+            100.0 * login / limit
+        );
+    }
+    let report = json!({
+        "date": time::OffsetDateTime::now_utc().to_string(),
+        "cores": cores,
+        "argon2": {"m_kib": 19456, "t": 2, "p": 1, "verify_ms": verify.as_secs_f64() * 1000.0, "hashing_limit_per_s": limit},
+        "connections": opts.connections,
+        "duration_s": opts.duration.as_secs_f64(),
+        "results": results,
+    });
+    std::fs::write(
+        &opts.out,
+        serde_json::to_string_pretty(&report).unwrap_or_default(),
+    )
+    .expect("write results");
+    println!("results written to {}", opts.out.display());
+}
+
+/// A fresh schema in the PostgreSQL database named by `base`.
+async fn fresh_schema(base: &str) -> String {
+    use sqlx::Connection as _;
+    let schema = format!(
+        "kg_bench_{}",
+        &uuid::Uuid::now_v7().simple().to_string()[20..]
+    );
+    let mut conn = sqlx::PgConnection::connect(base)
+        .await
+        .expect("connect to PostgreSQL");
+    sqlx::query(sqlx::AssertSqlSafe(format!("create schema {schema}")))
+        .execute(&mut conn)
+        .await
+        .expect("create schema");
+    let _ = conn.close().await;
+    let sep = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{sep}options=-c%20search_path%3D{schema}")
+}
