@@ -6,6 +6,7 @@
 //! so a retry inside the grace window gets the same token back (see docs/ARCHITECTURE.md).
 
 use std::fmt;
+use std::sync::Arc;
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use aws_lc_rs::digest::{SHA256, digest};
@@ -128,8 +129,53 @@ impl LoadedKey {
     }
 }
 
+/// Successfully verified tokens, keyed by SHA-256 of the token: a hit skips the signature
+/// check but never the time check, and entries die with the key ring (so with the keys).
+/// Sharded to keep lock contention low; a full shard is emptied.
+struct VerifiedCache {
+    shards: Vec<Shard>,
+}
+
+type Shard = std::sync::Mutex<std::collections::HashMap<[u8; 32], Arc<Claims>>>;
+
+const VERIFIED_SHARDS: usize = 16;
+const VERIFIED_PER_SHARD: usize = 1024;
+
+impl VerifiedCache {
+    fn new() -> Self {
+        VerifiedCache {
+            shards: (0..VERIFIED_SHARDS).map(|_| Default::default()).collect(),
+        }
+    }
+
+    fn shard(
+        &self,
+        key: &[u8; 32],
+    ) -> &std::sync::Mutex<std::collections::HashMap<[u8; 32], Arc<Claims>>> {
+        &self.shards[usize::from(key[0]) % VERIFIED_SHARDS]
+    }
+
+    fn get(&self, key: &[u8; 32]) -> Option<Arc<Claims>> {
+        self.shard(key)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .cloned()
+    }
+
+    fn put(&self, key: [u8; 32], claims: Arc<Claims>) {
+        let mut shard = self.shard(&key).lock().unwrap_or_else(|e| e.into_inner());
+        if shard.len() >= VERIFIED_PER_SHARD {
+            shard.clear();
+        }
+        shard.insert(key, claims);
+    }
+}
+
 /// The keys in use: signs new access tokens and verifies presented ones.
 pub struct KeyRing {
+    verified: VerifiedCache,
+    leeway: i64,
     algorithm: Algorithm,
     signing_kid: Option<String>,
     signing: EncodingKey,
@@ -226,6 +272,8 @@ impl KeyRing {
         jwks: String,
     ) -> KeyRing {
         KeyRing {
+            verified: VerifiedCache::new(),
+            leeway: i64::try_from(cfg.leeway.as_secs()).unwrap_or(0),
             algorithm: cfg.signing.algorithm,
             signing_kid,
             signing,
@@ -267,9 +315,29 @@ impl KeyRing {
         Ok((token, self.access_ttl))
     }
 
-    /// Verifies an access token at `now`.
-    pub fn verify(&self, token: &str, now: OffsetDateTime) -> Result<Claims, VerifyError> {
-        self.verifier.verify(token, now.unix_timestamp())
+    /// Verifies an access token at `now`. A token verified before is found by its hash and
+    /// only its times are checked again; anything else goes through `keygate-verify`.
+    pub fn verify(&self, token: &str, now: OffsetDateTime) -> Result<Arc<Claims>, VerifyError> {
+        if token.len() > keygate_verify::MAX_TOKEN_LEN {
+            return Err(VerifyError::TooLong);
+        }
+        let key: [u8; 32] = digest(&SHA256, token.as_bytes())
+            .as_ref()
+            .try_into()
+            .map_err(|_| VerifyError::Malformed)?;
+        let now = now.unix_timestamp();
+        if let Some(claims) = self.verified.get(&key) {
+            // The same checks of time `keygate-verify` makes.
+            if claims.exp <= now.saturating_sub(self.leeway) {
+                return Err(VerifyError::Expired);
+            }
+            if claims.iat <= now.saturating_add(self.leeway) {
+                return Ok(claims);
+            }
+        }
+        let claims = Arc::new(self.verifier.verify(token, now)?);
+        self.verified.put(key, claims.clone());
+        Ok(claims)
     }
 
     /// The JWKS document (`{"keys":[…]}`), rendered once.
@@ -515,6 +583,39 @@ mod tests {
             )
             .unwrap();
         assert_eq!(b.verify(&token, now), Err(VerifyError::UnknownKey));
+    }
+
+    #[test]
+    fn a_cached_verification_still_checks_expiry() {
+        let cfg = cfg("");
+        let now = OffsetDateTime::now_utc();
+        let ring =
+            KeyRing::from_stored(&cfg, &generate_key(Algorithm::EdDSA, now).unwrap(), &[]).unwrap();
+        let (user_id, session_id) = grant();
+        let (token, ttl) = ring
+            .issue(
+                &AccessGrant {
+                    user_id,
+                    session_id,
+                    roles: &[],
+                    permissions: &[],
+                },
+                now,
+            )
+            .unwrap();
+        let first = ring.verify(&token, now).unwrap();
+        let second = ring.verify(&token, now).unwrap();
+        assert!(
+            Arc::ptr_eq(&first, &second),
+            "the second check is a cache hit"
+        );
+        let later = now + time::Duration::seconds(ttl + 31);
+        assert_eq!(ring.verify(&token, later), Err(VerifyError::Expired));
+        // A tampered copy is a different key: verified (and refused) in full.
+        let mut forged = token.clone();
+        forged.pop();
+        forged.push('A');
+        assert!(ring.verify(&forged, now).is_err());
     }
 
     #[test]

@@ -21,7 +21,7 @@ pub struct Principal {
     /// `sid`.
     pub session_id: SessionId,
     /// All claims.
-    pub claims: Claims,
+    pub claims: std::sync::Arc<Claims>,
 }
 
 /// What login and refresh hand out.

@@ -6,6 +6,7 @@
 //! `on_pool!` macro. Nothing outside this module sees a pool, a row or a database error.
 
 mod audit;
+mod cache;
 mod keys;
 mod purge;
 mod sessions;
@@ -21,6 +22,7 @@ use sqlx::sqlite::{
 };
 
 pub use audit::{AuditQuery, AuditRecord, NewAuditEvent};
+pub use cache::CACHE_TTL;
 pub use keys::KeyInfo;
 pub use purge::{PurgeCounts, TableCounts};
 pub use sessions::{NewSession, Rotation, SessionRecord};
@@ -101,6 +103,7 @@ enum Backend {
 #[derive(Debug, Clone)]
 pub struct Store {
     backend: Backend,
+    cache: std::sync::Arc<cache::ReadCache>,
 }
 
 /// Runs `$body` with `$pool` bound to the backend's pool (`read` or `write`: SQLite has
@@ -164,6 +167,7 @@ impl Store {
                 .connect_lazy_with(opts);
             return Ok(Store {
                 backend: Backend::Postgres(pool),
+                cache: Default::default(),
             });
         }
         let opts = SqliteConnectOptions::from_str(url)
@@ -187,6 +191,7 @@ impl Store {
             .await?;
         Ok(Store {
             backend: Backend::Sqlite { reader, writer },
+            cache: Default::default(),
         })
     }
 

@@ -183,10 +183,13 @@ impl Store {
         user_id: UserId,
         now: OffsetDateTime,
     ) -> Result<bool, StoreError> {
-        let found: Option<i64> = on_pool!(self, read, |pool| {
+        if let Some(live) = self.cache.session_live(id, user_id, now) {
+            return Ok(live);
+        }
+        let found: Option<Option<i64>> = on_pool!(self, read, |pool| {
             sqlx::query_scalar(
-                "select cast(1 as bigint) from sessions where id = $1 and user_id = $2 and revoked_at is null \
-                 and (expires_at is null or expires_at > $3)",
+                "select expires_at from sessions where id = $1 and user_id = $2 \
+                 and revoked_at is null and (expires_at is null or expires_at > $3)",
             )
             .bind(id.to_string())
             .bind(user_id.to_string())
@@ -194,7 +197,14 @@ impl Store {
             .fetch_optional(pool)
             .await?
         })?;
-        Ok(found.is_some())
+        match found {
+            Some(expires_at) => {
+                self.cache
+                    .remember_live(id, user_id, expires_at.map(from_millis));
+                Ok(true)
+            }
+            None => Ok(false),
+        }
     }
 
     /// Rotates the session's refresh token if it is still at `from_generation` and live.
@@ -232,6 +242,7 @@ impl Store {
         reason: &str,
         now: OffsetDateTime,
     ) -> Result<bool, StoreError> {
+        self.cache.forget_session(id);
         let done = on_pool!(self, write, |pool| {
             sqlx::query(
                 "update sessions set revoked_at = $2, revoked_reason = $3, sealed_successor = null \
@@ -244,6 +255,7 @@ impl Store {
             .await?
             .rows_affected()
         })?;
+        self.cache.forget_session(id);
         Ok(done == 1)
     }
 
@@ -255,6 +267,7 @@ impl Store {
         reason: &str,
         now: OffsetDateTime,
     ) -> Result<u64, StoreError> {
+        self.cache.forget_all_sessions();
         let keep = keep.map(|k| k.to_string()).unwrap_or_default();
         let done = on_pool!(self, write, |pool| {
             sqlx::query(
@@ -269,6 +282,7 @@ impl Store {
             .await?
             .rows_affected()
         })?;
+        self.cache.forget_all_sessions();
         Ok(done)
     }
 
@@ -279,6 +293,7 @@ impl Store {
         keep: u32,
         now: OffsetDateTime,
     ) -> Result<u64, StoreError> {
+        self.cache.forget_all_sessions();
         let done = on_pool!(self, write, |pool| {
             sqlx::query(
                 "update sessions set revoked_at = $2, revoked_reason = 'session_limit', \
@@ -294,6 +309,7 @@ impl Store {
             .await?
             .rows_affected()
         })?;
+        self.cache.forget_all_sessions();
         Ok(done)
     }
 

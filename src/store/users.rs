@@ -136,8 +136,11 @@ impl Store {
         row.try_into()
     }
 
-    /// The user with this id.
+    /// The user with this id (from the short-lived cache when fresh).
     pub async fn find_user(&self, id: UserId) -> Result<Option<UserRecord>, StoreError> {
+        if let Some(user) = self.cache.user(id) {
+            return Ok(Some(user));
+        }
         let sql = format!("select {USER_COLUMNS} from users where id = $1");
         let row: Option<UserRow> = on_pool!(self, read, |pool| {
             sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
@@ -145,7 +148,11 @@ impl Store {
                 .fetch_optional(pool)
                 .await?
         })?;
-        row.map(UserRecord::try_from).transpose()
+        let user = row.map(UserRecord::try_from).transpose()?;
+        if let Some(u) = &user {
+            self.cache.remember_user(u);
+        }
+        Ok(user)
     }
 
     /// The user whose normalised email or username is `login`, with the password hash.
@@ -188,6 +195,7 @@ impl Store {
         username: Option<Option<String>>,
         now: OffsetDateTime,
     ) -> Result<Option<UserRecord>, StoreError> {
+        self.cache.forget_user(id);
         // `case when $n then new else old end` keeps one statement for every combination.
         let sql = format!(
             "update users set \
@@ -207,6 +215,7 @@ impl Store {
                 .fetch_optional(pool)
                 .await?
         })?;
+        self.cache.forget_user(id);
         row.map(UserRecord::try_from).transpose()
     }
 
@@ -236,6 +245,7 @@ impl Store {
         active: bool,
         now: OffsetDateTime,
     ) -> Result<bool, StoreError> {
+        self.cache.forget_user(id);
         let done = on_pool!(self, write, |pool| {
             sqlx::query("update users set is_active = $2, updated_at = $3 where id = $1")
                 .bind(id.to_string())
@@ -245,6 +255,7 @@ impl Store {
                 .await?
                 .rows_affected()
         })?;
+        self.cache.forget_user(id);
         Ok(done == 1)
     }
 
@@ -283,6 +294,7 @@ impl Store {
         change: &UserChange,
         now: OffsetDateTime,
     ) -> Result<Option<UserRecord>, StoreError> {
+        self.cache.forget_user(id);
         let sql = format!(
             "update users set \
                roles = case when $2 then $3 else roles end, \
@@ -307,11 +319,14 @@ impl Store {
                 .fetch_optional(pool)
                 .await?
         })?;
+        self.cache.forget_user(id);
         row.map(UserRecord::try_from).transpose()
     }
 
     /// Deletes a user and, by cascade, their sessions. Audit events stay.
     pub async fn delete_user(&self, id: UserId) -> Result<bool, StoreError> {
+        self.cache.forget_user(id);
+        self.cache.forget_all_sessions();
         let done = on_pool!(self, write, |pool| {
             sqlx::query("delete from users where id = $1")
                 .bind(id.to_string())
@@ -319,6 +334,8 @@ impl Store {
                 .await?
                 .rows_affected()
         })?;
+        self.cache.forget_user(id);
+        self.cache.forget_all_sessions();
         Ok(done == 1)
     }
 
