@@ -65,6 +65,8 @@ fn options() -> Options {
         }
         i += 2;
     }
+    // The server runs in a temporary directory: resolve its path first.
+    o.server = std::fs::canonicalize(&o.server).unwrap_or(o.server);
     o
 }
 
