@@ -1,15 +1,16 @@
 //! Password hashing with argon2id, off the async runtime and bounded in concurrency.
 //!
-//! Every hash and verify runs on tokio's blocking pool behind a semaphore sized by
-//! `password.max_concurrent_hashes`, carrying the caller's tracing span. Unknown accounts are
+//! Every hash and verify runs on a dedicated pool of `password.max_concurrent_hashes` threads
+//! (never on the async runtime), admitted by a semaphore with a bounded queue, carrying the
+//! caller's tracing span. Unknown accounts are
 //! verified against a dummy hash made at start-up with the same parameters, so a wrong email
 //! costs the same time as a wrong password.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use argon2::password_hash::{PasswordHasher as _, PasswordVerifier as _};
 use argon2::{Algorithm, Argon2, Params, Version};
+use subtle::ConstantTimeEq as _;
 use tokio::sync::Semaphore;
 use tracing::Instrument as _;
 
@@ -36,6 +37,7 @@ pub enum PasswordError {
 /// Hashes and verifies passwords. Cheap to share: clone the `Arc`.
 pub struct Hasher {
     argon: Argon2<'static>,
+    pool: std::sync::mpsc::Sender<Job>,
     permits: Arc<Semaphore>,
     waiting: Arc<AtomicUsize>,
     max_waiting: usize,
@@ -67,15 +69,21 @@ impl Hasher {
         let params = Params::new(cfg.memory_kib, cfg.iterations, cfg.parallelism, None)
             .map_err(|_| PasswordError::Params)?;
         let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
-        // The dummy's password is random and thrown away: nothing can match it.
+        // The dummy's password is random and thrown away: nothing can match it. It is made on
+        // a hashing thread, like every other hash, so its work area is the one reused later.
         let mut junk = [0u8; 32];
         aws_lc_rs::rand::fill(&mut junk).map_err(|_| PasswordError::Hash)?;
-        let dummy_hash = argon
-            .hash_password(&junk)
-            .map_err(|_| PasswordError::Hash)?
-            .to_string();
+        let pool = start_pool(cfg.max_concurrent_hashes);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let dummy_argon = argon.clone();
+        pool.send(Box::new(move || {
+            let _ = tx.send(hash_in_place(&dummy_argon, &junk));
+        }))
+        .map_err(|_| PasswordError::Task)?;
+        let dummy_hash = rx.recv().map_err(|_| PasswordError::Task)??;
         Ok(Hasher {
             argon,
+            pool,
             permits: Arc::new(Semaphore::new(cfg.max_concurrent_hashes)),
             waiting: Arc::new(AtomicUsize::new(0)),
             max_waiting: cfg.max_queued_hashes,
@@ -95,13 +103,8 @@ impl Hasher {
     pub async fn hash(&self, password: &Password) -> Result<String, PasswordError> {
         let argon = self.argon.clone();
         let password = password.clone();
-        self.run(move || {
-            argon
-                .hash_password(password.expose().as_bytes())
-                .map(|h| h.to_string())
-                .map_err(|_| PasswordError::Hash)
-        })
-        .await
+        self.run(move || hash_in_place(&argon, password.expose().as_bytes()))
+            .await
     }
 
     /// Checks `password` against `stored`, or against the dummy hash when there is no account,
@@ -122,11 +125,7 @@ impl Hasher {
                 if is_bcrypt(&hash) {
                     return Ok(bcrypt::verify(password.expose().as_bytes(), &hash).unwrap_or(false));
                 }
-                match argon.verify_password(password.expose().as_bytes(), hash.as_str()) {
-                    Ok(()) => Ok(true),
-                    Err(argon2::password_hash::Error::PasswordInvalid) => Ok(false),
-                    Err(_) => Err(PasswordError::Hash),
-                }
+                verify_in_place(&argon, password.expose().as_bytes(), &hash)
             })
             .await?;
         Ok(exists && matched)
@@ -169,11 +168,119 @@ impl Hasher {
             }
         };
         let span = tracing::Span::current();
-        tokio::task::spawn_blocking(move || span.in_scope(work))
-            .instrument(tracing::Span::current())
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.pool
+            .send(Box::new(move || {
+                let _ = tx.send(span.in_scope(work));
+            }))
+            .map_err(|_| PasswordError::Task)?;
+        rx.instrument(tracing::Span::current())
             .await
             .map_err(|_| PasswordError::Task)?
     }
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+thread_local! {
+    /// Each hashing thread's argon2 work area, allocated once at the configured size.
+    static BLOCKS: std::cell::RefCell<Vec<argon2::Block>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on `count` argon2 blocks: the thread's own work area when the configured size
+/// holds them (grown once), else a temporary one (only imported hashes with bigger costs).
+fn with_blocks<R>(count: usize, configured: usize, f: impl FnOnce(&mut [argon2::Block]) -> R) -> R {
+    if count > configured {
+        let mut tmp = vec![argon2::Block::default(); count];
+        return f(&mut tmp);
+    }
+    BLOCKS.with(|cell| {
+        let mut blocks = cell.borrow_mut();
+        if blocks.len() < count {
+            blocks.resize(count, argon2::Block::default());
+        }
+        f(&mut blocks[..count])
+    })
+}
+
+/// argon2id of `password` with a fresh 16-byte salt, in this thread's work area.
+fn hash_in_place(argon: &Argon2<'static>, password: &[u8]) -> Result<String, PasswordError> {
+    use argon2::password_hash::phc::{Output, ParamsString, Salt};
+    let mut salt = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut salt).map_err(|_| PasswordError::Hash)?;
+    let params = argon.params().clone();
+    let mut out = [0u8; Params::DEFAULT_OUTPUT_LEN];
+    let count = params.block_count();
+    with_blocks(count, count, |blocks| {
+        argon.hash_password_into_with_memory(password, &salt, &mut out, blocks)
+    })
+    .map_err(|_| PasswordError::Hash)?;
+    let phc = argon2::PasswordHash {
+        algorithm: Algorithm::Argon2id.ident(),
+        version: Some(Version::V0x13.into()),
+        params: ParamsString::try_from(&params).map_err(|_| PasswordError::Params)?,
+        salt: Some(Salt::new(&salt).map_err(|_| PasswordError::Hash)?),
+        hash: Some(Output::new(&out).map_err(|_| PasswordError::Hash)?),
+    };
+    Ok(phc.to_string())
+}
+
+/// Checks `password` against an argon2 PHC string (its own algorithm, version and costs), in
+/// this thread's work area; the comparison is constant-time.
+fn verify_in_place(
+    argon: &Argon2<'static>,
+    password: &[u8],
+    phc: &str,
+) -> Result<bool, PasswordError> {
+    let hash = argon2::PasswordHash::new(phc).map_err(|_| PasswordError::Hash)?;
+    let params = Params::try_from(&hash).map_err(|_| PasswordError::Hash)?;
+    let algorithm = Algorithm::new(hash.algorithm.as_str()).map_err(|_| PasswordError::Hash)?;
+    let version = match hash.version {
+        Some(v) => Version::try_from(v).map_err(|_| PasswordError::Hash)?,
+        None => Version::V0x10,
+    };
+    let (Some(salt), Some(expected)) = (&hash.salt, &hash.hash) else {
+        return Err(PasswordError::Hash);
+    };
+    let mut out = vec![0u8; expected.len()];
+    let ctx = Argon2::new(algorithm, version, params.clone());
+    let configured = argon.params().block_count();
+    with_blocks(params.block_count(), configured, |blocks| {
+        ctx.hash_password_into_with_memory(password, salt.as_ref(), &mut out, blocks)
+    })
+    .map_err(|_| PasswordError::Hash)?;
+    Ok(out.ct_eq(expected.as_bytes()).into())
+}
+
+/// The threads that hash: exactly `max_concurrent_hashes` of them, for the server's lifetime.
+/// Dedicated rather than tokio's blocking pool so that the 19 MiB argon2 works areas are
+/// allocated by the same few threads again and again (the allocator keeps and reuses them)
+/// instead of by whichever of up to 512 blocking threads is free — which multiplied the peak
+/// memory. They end when the hasher is dropped.
+fn start_pool(threads: usize) -> std::sync::mpsc::Sender<Job> {
+    let (tx, rx) = std::sync::mpsc::channel::<Job>();
+    let rx = Arc::new(std::sync::Mutex::new(rx));
+    for i in 0..threads {
+        let rx = rx.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("keygate-hash-{i}"))
+            .spawn(move || {
+                loop {
+                    let job = match rx.lock() {
+                        Ok(rx) => rx.recv(),
+                        Err(_) => return,
+                    };
+                    match job {
+                        Ok(job) => job(),
+                        Err(_) => return,
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "could not start a hashing thread");
+        }
+    }
+    tx
 }
 
 /// Whether `hash` is a bcrypt hash of a variant Keygate accepts on import.
