@@ -2,6 +2,7 @@
 
 use time::OffsetDateTime;
 
+use super::batch::{AuditRow as NewRow, audit_query};
 use super::{Store, StoreError, on_pool};
 use crate::clock::{from_millis, to_millis};
 use crate::domain::{SessionId, UserId};
@@ -75,30 +76,33 @@ struct AuditRow {
 }
 
 impl Store {
-    /// Appends an event.
+    /// Appends an event (on SQLite through the group-commit task).
     pub async fn record_audit(
         &self,
         e: &NewAuditEvent<'_>,
         now: OffsetDateTime,
     ) -> Result<(), StoreError> {
-        on_pool!(self, write, |pool| {
-            sqlx::query(
-                "insert into audit_events (id, at, event, user_id, session_id, ip, user_agent, \
-                 outcome, reason) values ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            )
-            .bind(uuid::Uuid::now_v7().to_string())
-            .bind(to_millis(now))
-            .bind(e.event)
-            .bind(e.user_id.map(|u| u.to_string()))
-            .bind(e.session_id.map(|s| s.to_string()))
-            .bind(e.ip)
-            .bind(e.user_agent)
-            .bind(if e.success { "success" } else { "failure" })
-            .bind(e.reason)
-            .execute(pool)
-            .await
-            .map(|_| ())?
-        })?;
+        let row = NewRow {
+            id: uuid::Uuid::now_v7().to_string(),
+            at: to_millis(now),
+            event: e.event.to_owned(),
+            user_id: e.user_id.map(|u| u.to_string()),
+            session_id: e.session_id.map(|s| s.to_string()),
+            ip: e.ip.map(str::to_owned),
+            user_agent: e.user_agent.map(str::to_owned),
+            outcome: if e.success { "success" } else { "failure" },
+            reason: e.reason.map(str::to_owned),
+        };
+        match self.batcher() {
+            Some(batcher) => {
+                batcher.audit(row).await?;
+            }
+            None => {
+                on_pool!(self, write, |pool| {
+                    audit_query(row.clone()).execute(pool).await.map(|_| ())?
+                })?;
+            }
+        }
         Ok(())
     }
 

@@ -6,6 +6,7 @@
 //! `on_pool!` macro. Nothing outside this module sees a pool, a row or a database error.
 
 mod audit;
+mod batch;
 mod cache;
 mod keys;
 mod purge;
@@ -95,6 +96,7 @@ enum Backend {
     Sqlite {
         reader: SqlitePool,
         writer: SqlitePool,
+        batcher: batch::Batcher,
     },
     Postgres(PgPool),
 }
@@ -184,13 +186,18 @@ impl Store {
             .acquire_timeout(cfg.database_acquire_timeout)
             .connect_with(opts.clone())
             .await?;
+        let batcher = batch::Batcher::start(opts.clone()).await?;
         let reader = SqlitePoolOptions::new()
             .max_connections(cfg.database_max_connections.min(64))
             .acquire_timeout(cfg.database_acquire_timeout)
             .connect_with(opts.read_only(true))
             .await?;
         Ok(Store {
-            backend: Backend::Sqlite { reader, writer },
+            backend: Backend::Sqlite {
+                reader,
+                writer,
+                batcher,
+            },
             cache: Default::default(),
         })
     }
@@ -220,6 +227,14 @@ impl Store {
         }
     }
 
+    /// The group-commit task, on SQLite.
+    fn batcher(&self) -> Option<&batch::Batcher> {
+        match &self.backend {
+            Backend::Sqlite { batcher, .. } => Some(batcher),
+            Backend::Postgres(_) => None,
+        }
+    }
+
     /// Whether the database answers a trivial query.
     pub async fn ping(&self) -> bool {
         on_pool!(self, read, |pool| sqlx::query("select 1")
@@ -232,7 +247,7 @@ impl Store {
     /// Closes every connection (graceful shutdown).
     pub async fn close(&self) {
         match &self.backend {
-            Backend::Sqlite { reader, writer } => {
+            Backend::Sqlite { reader, writer, .. } => {
                 reader.close().await;
                 writer.close().await;
             }

@@ -214,24 +214,16 @@ impl Store {
         r: &Rotation,
         now: OffsetDateTime,
     ) -> Result<bool, StoreError> {
-        let done = on_pool!(self, write, |pool| {
-            sqlx::query(
-                "update sessions set previous_hash = $3, refresh_hash = $4, sealed_successor = $5, \
-                 rotated_at = $6, last_active_at = $6, refresh_expires_at = $7, \
-                 generation = generation + 1 \
-                 where id = $1 and generation = $2 and revoked_at is null",
-            )
-            .bind(r.id.to_string())
-            .bind(r.from_generation)
-            .bind(r.previous_hash.0.to_vec())
-            .bind(r.new_hash.0.to_vec())
-            .bind(&r.sealed_successor)
-            .bind(to_millis(now))
-            .bind(to_millis(r.refresh_expires_at))
-            .execute(pool)
-            .await?
-            .rows_affected()
-        })?;
+        let now_ms = to_millis(now);
+        let done = match self.batcher() {
+            Some(batcher) => batcher.rotate(r.clone(), now_ms).await?,
+            None => on_pool!(self, write, |pool| {
+                super::batch::rotate_query(r, now_ms)
+                    .execute(pool)
+                    .await?
+                    .rows_affected()
+            })?,
+        };
         Ok(done == 1)
     }
 

@@ -1,0 +1,183 @@
+//! Group commit for SQLite's hot-path writes.
+//!
+//! A refresh is a durable write (`synchronous = FULL`: an fsync per transaction). One
+//! transaction per refresh caps a node at the disk's fsync rate, so refresh rotations and audit
+//! rows are handed to one task that runs everything queued at that moment in a single
+//! `BEGIN IMMEDIATE … COMMIT`: the same statements with the same per-statement results (a
+//! rotation still learns from its own row count whether it won), one fsync for the lot.
+//! PostgreSQL groups concurrent commits by itself and does not use this.
+
+use std::time::Duration;
+
+use sqlx::query::Query;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
+use sqlx::{Connection as _, Database, Encode, Type};
+use tokio::sync::{mpsc, oneshot};
+
+use super::sessions::Rotation;
+use crate::clock::to_millis;
+
+/// Statements per transaction at most.
+const MAX_BATCH: usize = 256;
+
+pub(super) const ROTATE_SQL: &str = "update sessions set previous_hash = $3, refresh_hash = $4, \
+     sealed_successor = $5, rotated_at = $6, last_active_at = $6, refresh_expires_at = $7, \
+     generation = generation + 1 where id = $1 and generation = $2 and revoked_at is null";
+
+pub(super) const AUDIT_SQL: &str = "insert into audit_events (id, at, event, user_id, session_id, \
+     ip, user_agent, outcome, reason) values ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+
+/// The rotation statement with its arguments, for either backend.
+pub(super) fn rotate_query<DB: Database>(
+    r: &Rotation,
+    now_ms: i64,
+) -> Query<'static, DB, <DB as Database>::Arguments>
+where
+    String: for<'t> Encode<'t, DB> + Type<DB>,
+    i64: for<'t> Encode<'t, DB> + Type<DB>,
+    Vec<u8>: for<'t> Encode<'t, DB> + Type<DB>,
+{
+    sqlx::query(ROTATE_SQL)
+        .bind(r.id.to_string())
+        .bind(r.from_generation)
+        .bind(r.previous_hash.0.to_vec())
+        .bind(r.new_hash.0.to_vec())
+        .bind(r.sealed_successor.clone())
+        .bind(now_ms)
+        .bind(to_millis(r.refresh_expires_at))
+}
+
+/// An audit row, owned so that it can wait in the queue.
+#[derive(Debug, Clone)]
+pub(super) struct AuditRow {
+    pub(super) id: String,
+    pub(super) at: i64,
+    pub(super) event: String,
+    pub(super) user_id: Option<String>,
+    pub(super) session_id: Option<String>,
+    pub(super) ip: Option<String>,
+    pub(super) user_agent: Option<String>,
+    pub(super) outcome: &'static str,
+    pub(super) reason: Option<String>,
+}
+
+/// The audit insert with its arguments, for either backend.
+pub(super) fn audit_query<DB: Database>(
+    a: AuditRow,
+) -> Query<'static, DB, <DB as Database>::Arguments>
+where
+    String: for<'t> Encode<'t, DB> + Type<DB>,
+    Option<String>: for<'t> Encode<'t, DB> + Type<DB>,
+    i64: for<'t> Encode<'t, DB> + Type<DB>,
+{
+    sqlx::query(AUDIT_SQL)
+        .bind(a.id)
+        .bind(a.at)
+        .bind(a.event)
+        .bind(a.user_id)
+        .bind(a.session_id)
+        .bind(a.ip)
+        .bind(a.user_agent)
+        .bind(a.outcome.to_owned())
+        .bind(a.reason)
+}
+
+enum Op {
+    Rotate(Rotation, i64),
+    Audit(AuditRow),
+}
+
+struct Job {
+    op: Op,
+    reply: oneshot::Sender<Result<u64, sqlx::Error>>,
+}
+
+/// Handle to the group-commit task.
+#[derive(Debug, Clone)]
+pub(super) struct Batcher {
+    tx: mpsc::Sender<Job>,
+}
+
+impl Batcher {
+    /// Opens the task's own connection and starts it.
+    pub(super) async fn start(options: SqliteConnectOptions) -> Result<Batcher, sqlx::Error> {
+        let conn = SqliteConnection::connect_with(&options).await?;
+        let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
+        tokio::spawn(run(conn, rx));
+        Ok(Batcher { tx })
+    }
+
+    async fn submit(&self, op: Op) -> Result<u64, sqlx::Error> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Job { op, reply })
+            .await
+            .map_err(|_| sqlx::Error::PoolClosed)?;
+        answer.await.map_err(|_| sqlx::Error::PoolClosed)?
+    }
+
+    /// Rotates; returns the rows the statement changed (1 when this call won).
+    pub(super) async fn rotate(&self, r: Rotation, now_ms: i64) -> Result<u64, sqlx::Error> {
+        self.submit(Op::Rotate(r, now_ms)).await
+    }
+
+    /// Appends an audit row.
+    pub(super) async fn audit(&self, a: AuditRow) -> Result<u64, sqlx::Error> {
+        self.submit(Op::Audit(a)).await
+    }
+}
+
+async fn run(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Job>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let results = commit(&mut conn, &batch).await;
+        for (job, result) in batch.into_iter().zip(results) {
+            let _ = job.reply.send(result);
+        }
+    }
+}
+
+/// Runs the batch in one transaction. Each statement keeps its own outcome; if the commit
+/// fails, every statement fails with it.
+async fn commit(conn: &mut SqliteConnection, batch: &[Job]) -> Vec<Result<u64, sqlx::Error>> {
+    let mut began = sqlx::query("begin immediate").execute(&mut *conn).await;
+    // Another writer holds the lock past the busy timeout: try a few more times.
+    for attempt in 1..=3u64 {
+        if began.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20 * attempt)).await;
+        began = sqlx::query("begin immediate").execute(&mut *conn).await;
+    }
+    if let Err(e) = began {
+        tracing::warn!(error = %e, "group commit could not begin a transaction");
+        // Reported as an unavailable database: the callers answer 503 with Retry-After.
+        return batch
+            .iter()
+            .map(|_| Err(sqlx::Error::PoolTimedOut))
+            .collect();
+    }
+    let mut results = Vec::with_capacity(batch.len());
+    for job in batch {
+        let query = match &job.op {
+            Op::Rotate(r, now) => rotate_query::<sqlx::Sqlite>(r, *now),
+            Op::Audit(a) => audit_query::<sqlx::Sqlite>(a.clone()),
+        };
+        results.push(query.execute(&mut *conn).await.map(|r| r.rows_affected()));
+    }
+    if let Err(e) = sqlx::query("commit").execute(&mut *conn).await {
+        tracing::warn!(error = %e, "group commit failed");
+        let _ = sqlx::query("rollback").execute(&mut *conn).await;
+        return batch
+            .iter()
+            .map(|_| Err(sqlx::Error::PoolTimedOut))
+            .collect();
+    }
+    results
+}
