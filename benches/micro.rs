@@ -41,9 +41,13 @@ fn tokens(c: &mut Criterion) {
             b.iter(|| ring.issue(black_box(&grant), now).unwrap())
         });
         let (token, _) = ring.issue(&grant, now).unwrap();
-        c.bench_function(&format!("access token verify {alg}"), |b| {
-            b.iter(|| ring.verify(black_box(&token), now).unwrap())
+        c.bench_function(&format!("access token verify {alg} (never seen)"), |b| {
+            b.iter(|| ring.verify_uncached(black_box(&token), now).unwrap())
         });
+        c.bench_function(
+            &format!("access token verify {alg} (seen before: cache hit)"),
+            |b| b.iter(|| ring.verify(black_box(&token), now).unwrap()),
+        );
     }
 }
 

@@ -340,6 +340,12 @@ impl KeyRing {
         Ok(claims)
     }
 
+    /// Verifies without the cache of verified tokens (what a never-seen token costs). For
+    /// benchmarks and tests.
+    pub fn verify_uncached(&self, token: &str, now: OffsetDateTime) -> Result<Claims, VerifyError> {
+        self.verifier.verify(token, now.unix_timestamp())
+    }
+
     /// The JWKS document (`{"keys":[…]}`), rendered once.
     pub fn jwks_json(&self) -> &str {
         &self.jwks

@@ -187,8 +187,10 @@ impl Store {
             .connect_with(opts.clone())
             .await?;
         let batcher = batch::Batcher::start(opts.clone()).await?;
+        // SQLite reads are in-process and short: a few connections keep every core busy, and
+        // each one holds its own page cache (memory), so readers are capped at 4 by default.
         let reader = SqlitePoolOptions::new()
-            .max_connections(cfg.database_max_connections.min(64))
+            .max_connections(cfg.database_max_connections.min(4))
             .acquire_timeout(cfg.database_acquire_timeout)
             .connect_with(opts.read_only(true))
             .await?;
