@@ -158,6 +158,7 @@ fn rotation(c: &mut Criterion) {
                         refresh_expires_at: now + time::Duration::days(30),
                     },
                     now,
+                    None,
                 )
                 .await
                 .unwrap();

@@ -69,42 +69,51 @@ impl Auth {
     /// Logs `e` and appends it to the audit log. A failing audit write is logged, not
     /// surfaced: the user's action has already happened.
     pub(crate) async fn emit(&self, e: Event<'_>) {
-        let user_id = e.user_id.map(|u| u.to_string()).unwrap_or_default();
-        let session_id = e.session_id.map(|s| s.to_string()).unwrap_or_default();
-        let outcome = if e.success { "success" } else { "failure" };
-        let reason = e.reason.unwrap_or("");
-        let ip = e.client.ip.as_deref().unwrap_or("");
-        let actor_id = e.actor.map(|a| a.to_string()).unwrap_or_default();
-        macro_rules! log {
-            ($level:ident) => {
-                tracing::$level!(
-                    event = e.name,
-                    user_id,
-                    session_id,
-                    outcome,
-                    reason,
-                    ip,
-                    actor_id,
-                    "auth event"
-                )
-            };
-        }
-        if e.name == "refresh_token_reused" {
-            log!(warn);
-        } else {
-            log!(info);
-        }
-        let record = NewAuditEvent {
-            event: e.name,
-            user_id: e.user_id,
-            session_id: e.session_id,
-            ip: e.client.ip.as_deref(),
-            user_agent: e.client.user_agent.as_deref(),
-            success: e.success,
-            reason: e.reason,
-        };
-        if let Err(err) = self.store.record_audit(&record, self.now()).await {
+        log(&e);
+        if let Err(err) = self.store.record_audit(&row(&e), self.now()).await {
             tracing::error!(event = e.name, error = %super::error_chain(&err), "could not write the audit log");
         }
+    }
+}
+
+/// The audit row of an event.
+pub(crate) fn row<'a>(e: &Event<'a>) -> NewAuditEvent<'a> {
+    NewAuditEvent {
+        event: e.name,
+        user_id: e.user_id,
+        session_id: e.session_id,
+        ip: e.client.ip.as_deref(),
+        user_agent: e.client.user_agent.as_deref(),
+        success: e.success,
+        reason: e.reason,
+    }
+}
+
+/// The log line of an event: stable field names, never a secret.
+pub(crate) fn log(e: &Event<'_>) {
+    let user_id = e.user_id.map(|u| u.to_string()).unwrap_or_default();
+    let session_id = e.session_id.map(|s| s.to_string()).unwrap_or_default();
+    let outcome = if e.success { "success" } else { "failure" };
+    let reason = e.reason.unwrap_or("");
+    let ip = e.client.ip.as_deref().unwrap_or("");
+    let actor_id = e.actor.map(|a| a.to_string()).unwrap_or_default();
+    macro_rules! log {
+        ($level:ident) => {
+            tracing::$level!(
+                event = e.name,
+                user_id,
+                session_id,
+                outcome,
+                reason,
+                ip,
+                actor_id,
+                "auth event"
+            )
+        };
+    }
+    if e.name == "refresh_token_reused" {
+        log!(warn);
+    } else {
+        log!(info);
     }
 }

@@ -303,13 +303,16 @@ impl Auth {
                     ),
                     refresh_expires_at,
                 };
-                if self.store.rotate_refresh(&rotation, now).await? {
-                    self.emit(
-                        Event::success("refresh_succeeded", client)
-                            .user(user.id)
-                            .session(session.id),
-                    )
-                    .await;
+                // The rotation and its audit row commit together (one durable write).
+                let event = Event::success("refresh_succeeded", client)
+                    .user(user.id)
+                    .session(session.id);
+                if self
+                    .store
+                    .rotate_refresh(&rotation, now, Some(&super::events::row(&event)))
+                    .await?
+                {
+                    super::events::log(&event);
                     return self.token_pair(&user, session.id, successor, refresh_expires_at, now);
                 }
                 continue;

@@ -82,17 +82,7 @@ impl Store {
         e: &NewAuditEvent<'_>,
         now: OffsetDateTime,
     ) -> Result<(), StoreError> {
-        let row = NewRow {
-            id: uuid::Uuid::now_v7().to_string(),
-            at: to_millis(now),
-            event: e.event.to_owned(),
-            user_id: e.user_id.map(|u| u.to_string()),
-            session_id: e.session_id.map(|s| s.to_string()),
-            ip: e.ip.map(str::to_owned),
-            user_agent: e.user_agent.map(str::to_owned),
-            outcome: if e.success { "success" } else { "failure" },
-            reason: e.reason.map(str::to_owned),
-        };
+        let row = NewRow::new(e, to_millis(now));
         match self.batcher() {
             Some(batcher) => {
                 batcher.audit(row).await?;

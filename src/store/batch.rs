@@ -49,7 +49,7 @@ where
 
 /// An audit row, owned so that it can wait in the queue.
 #[derive(Debug, Clone)]
-pub(super) struct AuditRow {
+pub(crate) struct AuditRow {
     pub(super) id: String,
     pub(super) at: i64,
     pub(super) event: String,
@@ -59,6 +59,22 @@ pub(super) struct AuditRow {
     pub(super) user_agent: Option<String>,
     pub(super) outcome: &'static str,
     pub(super) reason: Option<String>,
+}
+
+impl AuditRow {
+    pub(super) fn new(e: &super::NewAuditEvent<'_>, at: i64) -> AuditRow {
+        AuditRow {
+            id: uuid::Uuid::now_v7().to_string(),
+            at,
+            event: e.event.to_owned(),
+            user_id: e.user_id.map(|u| u.to_string()),
+            session_id: e.session_id.map(|s| s.to_string()),
+            ip: e.ip.map(str::to_owned),
+            user_agent: e.user_agent.map(str::to_owned),
+            outcome: if e.success { "success" } else { "failure" },
+            reason: e.reason.map(str::to_owned),
+        }
+    }
 }
 
 /// The audit insert with its arguments, for either backend.
@@ -83,7 +99,8 @@ where
 }
 
 enum Op {
-    Rotate(Rotation, i64),
+    /// A rotation and, if it wins, its audit row.
+    Rotate(Rotation, i64, Option<AuditRow>),
     Audit(AuditRow),
 }
 
@@ -116,9 +133,15 @@ impl Batcher {
         answer.await.map_err(|_| sqlx::Error::PoolClosed)?
     }
 
-    /// Rotates; returns the rows the statement changed (1 when this call won).
-    pub(super) async fn rotate(&self, r: Rotation, now_ms: i64) -> Result<u64, sqlx::Error> {
-        self.submit(Op::Rotate(r, now_ms)).await
+    /// Rotates and, when the rotation wins, appends `audit`; returns the rows the rotation
+    /// changed (1 when this call won).
+    pub(super) async fn rotate(
+        &self,
+        r: Rotation,
+        now_ms: i64,
+        audit: Option<AuditRow>,
+    ) -> Result<u64, sqlx::Error> {
+        self.submit(Op::Rotate(r, now_ms, audit)).await
     }
 
     /// Appends an audit row.
@@ -165,11 +188,26 @@ async fn commit(conn: &mut SqliteConnection, batch: &[Job]) -> Vec<Result<u64, s
     }
     let mut results = Vec::with_capacity(batch.len());
     for job in batch {
-        let query = match &job.op {
-            Op::Rotate(r, now) => rotate_query::<sqlx::Sqlite>(r, *now),
-            Op::Audit(a) => audit_query::<sqlx::Sqlite>(a.clone()),
+        let result = match &job.op {
+            Op::Rotate(r, now, audit) => {
+                let rotated = rotate_query::<sqlx::Sqlite>(r, *now)
+                    .execute(&mut *conn)
+                    .await
+                    .map(|r| r.rows_affected());
+                match (rotated, audit) {
+                    (Ok(1), Some(row)) => audit_query::<sqlx::Sqlite>(row.clone())
+                        .execute(&mut *conn)
+                        .await
+                        .map(|_| 1),
+                    (other, _) => other,
+                }
+            }
+            Op::Audit(a) => audit_query::<sqlx::Sqlite>(a.clone())
+                .execute(&mut *conn)
+                .await
+                .map(|r| r.rows_affected()),
         };
-        results.push(query.execute(&mut *conn).await.map(|r| r.rows_affected()));
+        results.push(result);
     }
     if let Err(e) = sqlx::query("commit").execute(&mut *conn).await {
         tracing::warn!(error = %e, "group commit failed");

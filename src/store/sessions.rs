@@ -2,7 +2,8 @@
 
 use time::OffsetDateTime;
 
-use super::{Store, StoreError, on_pool};
+use super::batch::{AuditRow, audit_query, rotate_query};
+use super::{NewAuditEvent, Store, StoreError, on_pool};
 use crate::clock::{from_millis, to_millis};
 use crate::domain::{SessionId, UserId};
 use crate::token::RefreshHash;
@@ -207,23 +208,30 @@ impl Store {
         }
     }
 
-    /// Rotates the session's refresh token if it is still at `from_generation` and live.
+    /// Rotates the session's refresh token if it is still at `from_generation` and live, and
+    /// then (only if it won) appends `audit`, in the same transaction on SQLite.
     /// Returns whether this call won; a loser must re-read the row.
     pub async fn rotate_refresh(
         &self,
         r: &Rotation,
         now: OffsetDateTime,
+        audit: Option<&NewAuditEvent<'_>>,
     ) -> Result<bool, StoreError> {
         let now_ms = to_millis(now);
-        let done = match self.batcher() {
-            Some(batcher) => batcher.rotate(r.clone(), now_ms).await?,
-            None => on_pool!(self, write, |pool| {
-                super::batch::rotate_query(r, now_ms)
-                    .execute(pool)
-                    .await?
-                    .rows_affected()
-            })?,
-        };
+        let audit = audit.map(|a| AuditRow::new(a, now_ms));
+        if let Some(batcher) = self.batcher() {
+            return Ok(batcher.rotate(r.clone(), now_ms, audit).await? == 1);
+        }
+        let done = on_pool!(self, write, |pool| {
+            rotate_query(r, now_ms).execute(pool).await?.rows_affected()
+        })?;
+        if done == 1
+            && let Some(row) = audit
+        {
+            on_pool!(self, write, |pool| {
+                audit_query(row.clone()).execute(pool).await.map(|_| ())?
+            })?;
+        }
         Ok(done == 1)
     }
 

@@ -91,8 +91,8 @@ async fn only_one_rotation_from_a_generation_wins() {
     let (x, y) = (RefreshToken::generate(id), RefreshToken::generate(id));
     let (rx, ry) = (rotation(&x), rotation(&y));
     let (won_x, won_y) = tokio::join!(
-        store.rotate_refresh(&rx, now),
-        store.rotate_refresh(&ry, now)
+        store.rotate_refresh(&rx, now, None),
+        store.rotate_refresh(&ry, now, None)
     );
     assert!(won_x.unwrap() ^ won_y.unwrap(), "exactly one wins");
     let row = store.find_session(id).await.unwrap().unwrap();
@@ -110,7 +110,8 @@ async fn only_one_rotation_from_a_generation_wins() {
                     from_generation: 1,
                     ..rotation(&x)
                 },
-                now
+                now,
+                None
             )
             .await
             .unwrap()
