@@ -32,7 +32,7 @@ async fn a_token_rotated_on_one_node_and_replayed_on_another_after_the_grace_win
 }
 
 #[tokio::test]
-async fn a_logout_on_one_node_stops_the_access_token_on_the_other_at_once() {
+async fn a_logout_on_one_node_stops_the_access_token_on_the_other_within_a_second() {
     let Some(a) = TestApp::spawn().await else {
         return;
     };
