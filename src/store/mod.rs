@@ -180,7 +180,10 @@ impl Store {
             // refresh token the database has forgotten.
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(5));
+            .busy_timeout(Duration::from_secs(5))
+            // 1 MiB of page cache per connection (SQLite's default is 2 MiB): the hot rows are
+            // few and the operating system caches the file anyway.
+            .pragma("cache_size", "-1024");
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(cfg.database_acquire_timeout)
