@@ -148,6 +148,16 @@ impl Hasher {
             || params.p_cost() != current.p_cost()
     }
 
+    /// Runs other CPU-heavy password work (the strength check) on the hashing threads, under
+    /// the same limits as a hash: it never blocks the runtime, and it allocates in the memory
+    /// those few threads keep instead of in one more thread's.
+    pub async fn run_cpu<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, PasswordError> {
+        self.run(move || Ok(work())).await
+    }
+
     async fn run<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> Result<T, PasswordError> + Send + 'static,

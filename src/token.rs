@@ -211,7 +211,7 @@ struct VerifiedCache {
 type Shard = std::sync::Mutex<std::collections::HashMap<[u8; 32], Arc<Claims>>>;
 
 const VERIFIED_SHARDS: usize = 16;
-const VERIFIED_PER_SHARD: usize = 512;
+const VERIFIED_PER_SHARD: usize = 256;
 
 impl VerifiedCache {
     fn new() -> Self {

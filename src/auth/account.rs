@@ -52,7 +52,8 @@ fn required<'a>(
 }
 
 impl Auth {
-    /// [`password::check_policy`] off the runtime (zxcvbn takes a few milliseconds); a
+    /// [`password::check_policy`] off the runtime, on the hashing threads (zxcvbn takes a
+    /// few milliseconds and builds its dictionaries once, in memory those threads keep); a
     /// refusal is a 422 on `field`.
     pub(super) async fn check_policy(
         &self,
@@ -67,11 +68,10 @@ impl Auth {
             username.map(str::to_owned),
         );
         let min_score = self.config.password.min_score;
-        let verdict = tokio::task::spawn_blocking(move || {
-            password::check_policy(&pw, &email, username.as_deref(), min_score)
-        })
-        .await
-        .map_err(|_| AuthError::Internal("password policy check failed".to_owned()))?;
+        let verdict = self
+            .hasher
+            .run_cpu(move || password::check_policy(&pw, &email, username.as_deref(), min_score))
+            .await?;
         verdict.map_err(|message| {
             let mut errors = FieldErrors::new();
             errors.insert(field, message);

@@ -138,14 +138,7 @@ impl Auth {
                 .await;
             return Err(AuthError::AccountDisabled);
         }
-        let pair = self.open_session(&user, &client).await?;
-        self.emit(
-            Event::success("login_succeeded", &client)
-                .user(user.id)
-                .session(pair.session_id),
-        )
-        .await;
-        Ok(pair)
+        self.open_session(&user, &client).await
     }
 
     /// Replaces an imported or outdated hash by argon2id with the current parameters, now
@@ -180,23 +173,28 @@ impl Auth {
         let refresh = RefreshToken::generate(session_id);
         let expires_at = self.config.session_max_lifetime.map(|d| later(now, d));
         let refresh_expires_at = self.refresh_expiry(now, expires_at);
+        // The session, the session-limit trim and the audit row commit together.
+        let event = Event::success("login_succeeded", client)
+            .user(user.id)
+            .session(session_id);
+        let session = NewSession {
+            id: session_id,
+            user_id: user.id,
+            refresh_hash: refresh.hash(),
+            refresh_expires_at,
+            expires_at,
+            user_agent: client.user_agent.clone(),
+            ip: self.session_ip(client.ip.as_deref()),
+        };
         self.store
-            .insert_session(
-                &NewSession {
-                    id: session_id,
-                    user_id: user.id,
-                    refresh_hash: refresh.hash(),
-                    refresh_expires_at,
-                    expires_at,
-                    user_agent: client.user_agent.clone(),
-                    ip: self.session_ip(client.ip.as_deref()),
-                },
+            .open_session(
+                &session,
+                self.config.max_sessions_per_user,
                 now,
+                Some(&super::events::row(&event)),
             )
             .await?;
-        self.store
-            .revoke_sessions_beyond(user.id, self.config.max_sessions_per_user, now)
-            .await?;
+        super::events::log(&event);
         self.token_pair(user, session_id, refresh, refresh_expires_at, now)
     }
 

@@ -1,21 +1,23 @@
 //! Group commit for SQLite's hot-path writes.
 //!
 //! A refresh is a durable write (`synchronous = FULL`: an fsync per transaction). One
-//! transaction per refresh caps a node at the disk's fsync rate, so refresh rotations and audit
-//! rows are handed to one task that runs everything queued at that moment in a single
+//! transaction per refresh caps a node at the disk's fsync rate, so refresh rotations, new
+//! sessions (a login's session, its session-limit trim and its audit row) and audit rows are
+//! handed to one task that runs everything queued at that moment in a single
 //! `BEGIN IMMEDIATE … COMMIT`: the same statements with the same per-statement results (a
 //! rotation still learns from its own row count whether it won), one fsync for the lot.
 //! PostgreSQL groups concurrent commits by itself and does not use this.
 
 use std::time::Duration;
 
-use sqlx::query::Query;
+use sqlx::query::{Query, QueryScalar};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
-use sqlx::{Connection as _, Database, Encode, Type};
+use sqlx::{Connection as _, Database, Decode, Encode, FromRow, Type};
 use tokio::sync::{mpsc, oneshot};
 
-use super::sessions::Rotation;
+use super::sessions::{NewSession, Rotation};
 use crate::clock::to_millis;
+use crate::domain::UserId;
 
 /// Statements per transaction at most.
 const MAX_BATCH: usize = 256;
@@ -45,6 +47,58 @@ where
         .bind(r.sealed_successor.clone())
         .bind(now_ms)
         .bind(to_millis(r.refresh_expires_at))
+}
+
+pub(super) const INSERT_SESSION_SQL: &str = "insert into sessions (id, user_id, refresh_hash, \
+     generation, refresh_expires_at, expires_at, created_at, last_active_at, user_agent, ip) \
+     values ($1, $2, $3, 0, $4, $5, $6, $6, $7, $8)";
+
+/// Ends the user's live sessions beyond the `$3` most recently active; returns their ids.
+pub(super) const TRIM_SESSIONS_SQL: &str = "update sessions set revoked_at = $2, \
+     revoked_reason = 'session_limit', sealed_successor = null \
+     where user_id = $1 and revoked_at is null and id not in ( \
+       select id from sessions where user_id = $1 and revoked_at is null \
+       order by last_active_at desc, id desc limit $3) \
+     returning id";
+
+/// The session insert with its arguments, for either backend.
+pub(super) fn insert_session_query<DB: Database>(
+    s: &NewSession,
+    now_ms: i64,
+) -> Query<'static, DB, <DB as Database>::Arguments>
+where
+    String: for<'t> Encode<'t, DB> + Type<DB>,
+    Option<String>: for<'t> Encode<'t, DB> + Type<DB>,
+    i64: for<'t> Encode<'t, DB> + Type<DB>,
+    Option<i64>: for<'t> Encode<'t, DB> + Type<DB>,
+    Vec<u8>: for<'t> Encode<'t, DB> + Type<DB>,
+{
+    sqlx::query(INSERT_SESSION_SQL)
+        .bind(s.id.to_string())
+        .bind(s.user_id.to_string())
+        .bind(s.refresh_hash.0.to_vec())
+        .bind(to_millis(s.refresh_expires_at))
+        .bind(s.expires_at.map(to_millis))
+        .bind(now_ms)
+        .bind(s.user_agent.clone())
+        .bind(s.ip.clone())
+}
+
+/// The session-limit trim with its arguments, for either backend.
+pub(super) fn trim_sessions_query<DB: Database>(
+    user_id: UserId,
+    keep: u32,
+    now_ms: i64,
+) -> QueryScalar<'static, DB, String, <DB as Database>::Arguments>
+where
+    String: for<'t> Encode<'t, DB> + Type<DB> + for<'r> Decode<'r, DB>,
+    i64: for<'t> Encode<'t, DB> + Type<DB>,
+    (String,): for<'r> FromRow<'r, DB::Row>,
+{
+    sqlx::query_scalar(TRIM_SESSIONS_SQL)
+        .bind(user_id.to_string())
+        .bind(now_ms)
+        .bind(i64::from(keep))
 }
 
 /// An audit row, owned so that it can wait in the queue.
@@ -101,12 +155,37 @@ where
 enum Op {
     /// A rotation and, if it wins, its audit row.
     Rotate(Rotation, i64, Option<AuditRow>),
+    /// A new session, the trim of its user's sessions beyond the newest `keep`, its audit row.
+    Open {
+        session: NewSession,
+        now_ms: i64,
+        keep: u32,
+        audit: Option<AuditRow>,
+    },
     Audit(AuditRow),
+}
+
+/// What an operation did.
+#[derive(Debug, Default)]
+pub(super) struct Done {
+    /// Rows the operation's main statement changed.
+    pub(super) rows: u64,
+    /// Sessions it ended (the session-limit trim of a new session).
+    pub(super) ended: Vec<String>,
+}
+
+impl Done {
+    fn rows(rows: u64) -> Done {
+        Done {
+            rows,
+            ended: Vec::new(),
+        }
+    }
 }
 
 struct Job {
     op: Op,
-    reply: oneshot::Sender<Result<u64, sqlx::Error>>,
+    reply: oneshot::Sender<Result<Done, sqlx::Error>>,
 }
 
 /// Handle to the group-commit task.
@@ -124,7 +203,7 @@ impl Batcher {
         Ok(Batcher { tx })
     }
 
-    async fn submit(&self, op: Op) -> Result<u64, sqlx::Error> {
+    async fn submit(&self, op: Op) -> Result<Done, sqlx::Error> {
         let (reply, answer) = oneshot::channel();
         self.tx
             .send(Job { op, reply })
@@ -141,12 +220,30 @@ impl Batcher {
         now_ms: i64,
         audit: Option<AuditRow>,
     ) -> Result<u64, sqlx::Error> {
-        self.submit(Op::Rotate(r, now_ms, audit)).await
+        Ok(self.submit(Op::Rotate(r, now_ms, audit)).await?.rows)
+    }
+
+    /// Inserts `session`, ends its user's live sessions beyond the newest `keep` (it counts)
+    /// and appends `audit`; returns the ids of the sessions it ended.
+    pub(super) async fn open(
+        &self,
+        session: NewSession,
+        now_ms: i64,
+        keep: u32,
+        audit: Option<AuditRow>,
+    ) -> Result<Vec<String>, sqlx::Error> {
+        let op = Op::Open {
+            session,
+            now_ms,
+            keep,
+            audit,
+        };
+        Ok(self.submit(op).await?.ended)
     }
 
     /// Appends an audit row.
     pub(super) async fn audit(&self, a: AuditRow) -> Result<u64, sqlx::Error> {
-        self.submit(Op::Audit(a)).await
+        Ok(self.submit(Op::Audit(a)).await?.rows)
     }
 }
 
@@ -166,9 +263,52 @@ async fn run(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Job>) {
     }
 }
 
+/// One operation's statements, inside the batch's transaction.
+async fn run_op(conn: &mut SqliteConnection, op: &Op) -> Result<Done, sqlx::Error> {
+    match op {
+        Op::Rotate(r, now, audit) => {
+            let rotated = rotate_query::<sqlx::Sqlite>(r, *now)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
+            if let (1, Some(row)) = (rotated, audit) {
+                audit_query::<sqlx::Sqlite>(row.clone())
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            Ok(Done::rows(rotated))
+        }
+        Op::Open {
+            session,
+            now_ms,
+            keep,
+            audit,
+        } => {
+            insert_session_query::<sqlx::Sqlite>(session, *now_ms)
+                .execute(&mut *conn)
+                .await?;
+            let ended = trim_sessions_query::<sqlx::Sqlite>(session.user_id, *keep, *now_ms)
+                .fetch_all(&mut *conn)
+                .await?;
+            if let Some(row) = audit {
+                audit_query::<sqlx::Sqlite>(row.clone())
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            Ok(Done { rows: 1, ended })
+        }
+        Op::Audit(a) => Ok(Done::rows(
+            audit_query::<sqlx::Sqlite>(a.clone())
+                .execute(&mut *conn)
+                .await?
+                .rows_affected(),
+        )),
+    }
+}
+
 /// Runs the batch in one transaction. Each statement keeps its own outcome; if the commit
 /// fails, every statement fails with it.
-async fn commit(conn: &mut SqliteConnection, batch: &[Job]) -> Vec<Result<u64, sqlx::Error>> {
+async fn commit(conn: &mut SqliteConnection, batch: &[Job]) -> Vec<Result<Done, sqlx::Error>> {
     let mut began = sqlx::query("begin immediate").execute(&mut *conn).await;
     // Another writer holds the lock past the busy timeout: try a few more times.
     for attempt in 1..=3u64 {
@@ -188,26 +328,7 @@ async fn commit(conn: &mut SqliteConnection, batch: &[Job]) -> Vec<Result<u64, s
     }
     let mut results = Vec::with_capacity(batch.len());
     for job in batch {
-        let result = match &job.op {
-            Op::Rotate(r, now, audit) => {
-                let rotated = rotate_query::<sqlx::Sqlite>(r, *now)
-                    .execute(&mut *conn)
-                    .await
-                    .map(|r| r.rows_affected());
-                match (rotated, audit) {
-                    (Ok(1), Some(row)) => audit_query::<sqlx::Sqlite>(row.clone())
-                        .execute(&mut *conn)
-                        .await
-                        .map(|_| 1),
-                    (other, _) => other,
-                }
-            }
-            Op::Audit(a) => audit_query::<sqlx::Sqlite>(a.clone())
-                .execute(&mut *conn)
-                .await
-                .map(|r| r.rows_affected()),
-        };
-        results.push(result);
+        results.push(run_op(conn, &job.op).await);
     }
     if let Err(e) = sqlx::query("commit").execute(&mut *conn).await {
         tracing::warn!(error = %e, "group commit failed");

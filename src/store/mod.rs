@@ -181,9 +181,10 @@ impl Store {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(5))
-            // 1 MiB of page cache per connection (SQLite's default is 2 MiB): the hot rows are
-            // few and the operating system caches the file anyway.
-            .pragma("cache_size", "-1024");
+            // 256 KiB of page cache per connection (SQLite's default is 2 MiB, and each of the
+            // six connections keeps its own copy of the same pages): the hot rows are cached
+            // above the database for 500 ms, and the operating system caches the file anyway.
+            .pragma("cache_size", "-256");
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(cfg.database_acquire_timeout)

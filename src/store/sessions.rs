@@ -2,7 +2,9 @@
 
 use time::OffsetDateTime;
 
-use super::batch::{AuditRow, audit_query, rotate_query};
+use super::batch::{
+    AuditRow, audit_query, insert_session_query, rotate_query, trim_sessions_query,
+};
 use super::{NewAuditEvent, Store, StoreError, on_pool};
 use crate::clock::{from_millis, to_millis};
 use crate::domain::{SessionId, UserId};
@@ -144,25 +146,50 @@ impl Store {
         s: &NewSession,
         now: OffsetDateTime,
     ) -> Result<(), StoreError> {
+        let now_ms = to_millis(now);
         on_pool!(self, write, |pool| {
-            sqlx::query(
-                "insert into sessions (id, user_id, refresh_hash, generation, refresh_expires_at, \
-                 expires_at, created_at, last_active_at, user_agent, ip) \
-                 values ($1, $2, $3, 0, $4, $5, $6, $6, $7, $8)",
-            )
-            .bind(s.id.to_string())
-            .bind(s.user_id.to_string())
-            .bind(s.refresh_hash.0.to_vec())
-            .bind(to_millis(s.refresh_expires_at))
-            .bind(s.expires_at.map(to_millis))
-            .bind(to_millis(now))
-            .bind(&s.user_agent)
-            .bind(&s.ip)
-            .execute(pool)
-            .await
-            .map(|_| ())?
+            insert_session_query(s, now_ms)
+                .execute(pool)
+                .await
+                .map(|_| ())?
         })?;
         Ok(())
+    }
+
+    /// Opens a session at login, in one transaction: inserts `s`, ends the user's least
+    /// recently used live sessions beyond the newest `keep` (`s` counts) and appends `audit`.
+    /// On SQLite it goes through the group-commit task. Returns how many sessions it ended.
+    pub async fn open_session(
+        &self,
+        s: &NewSession,
+        keep: u32,
+        now: OffsetDateTime,
+        audit: Option<&NewAuditEvent<'_>>,
+    ) -> Result<u64, StoreError> {
+        let now_ms = to_millis(now);
+        let audit = audit.map(|a| AuditRow::new(a, now_ms));
+        let ended = match self.batcher() {
+            Some(batcher) => batcher.open(s.clone(), now_ms, keep, audit).await?,
+            None => on_pool!(self, write, |pool| {
+                let mut tx = pool.begin().await?;
+                insert_session_query(s, now_ms).execute(&mut *tx).await?;
+                let ended = trim_sessions_query(s.user_id, keep, now_ms)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                if let Some(row) = &audit {
+                    audit_query(row.clone()).execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+                ended
+            })?,
+        };
+        // Only the sessions that ended leave the cache: the other sessions' answers hold.
+        for id in &ended {
+            if let Some(id) = SessionId::parse(id) {
+                self.cache.forget_session(id);
+            }
+        }
+        Ok(ended.len() as u64)
     }
 
     /// The session with this id, live or not.
@@ -278,33 +305,6 @@ impl Store {
             .bind(to_millis(now))
             .bind(reason)
             .bind(&keep)
-            .execute(pool)
-            .await?
-            .rows_affected()
-        })?;
-        self.cache.forget_all_sessions();
-        Ok(done)
-    }
-
-    /// Ends the least recently used live sessions of `user_id` beyond the newest `keep`.
-    pub async fn revoke_sessions_beyond(
-        &self,
-        user_id: UserId,
-        keep: u32,
-        now: OffsetDateTime,
-    ) -> Result<u64, StoreError> {
-        self.cache.forget_all_sessions();
-        let done = on_pool!(self, write, |pool| {
-            sqlx::query(
-                "update sessions set revoked_at = $2, revoked_reason = 'session_limit', \
-                 sealed_successor = null \
-                 where user_id = $1 and revoked_at is null and id not in ( \
-                   select id from sessions where user_id = $1 and revoked_at is null \
-                   order by last_active_at desc, id desc limit $3)",
-            )
-            .bind(user_id.to_string())
-            .bind(to_millis(now))
-            .bind(i64::from(keep))
             .execute(pool)
             .await?
             .rows_affected()

@@ -161,6 +161,8 @@ async fn the_least_recently_used_session_ends_beyond_the_limit() {
     // Using `a` makes `b` the least recently used.
     let a = tokens(app.refresh(&a.refresh).await.json().await.unwrap());
     app.clock.advance(Duration::from_secs(1));
+    // `b` is known live (and cached as such) until the next login ends it: at once.
+    assert_eq!(app.me_status(&b.access).await, 200);
     let c = app.login("ada@example.com").await;
     assert_eq!(app.me_status(&b.access).await, 401);
     assert_eq!(app.refresh(&b.refresh).await.status(), 401);
