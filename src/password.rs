@@ -281,7 +281,15 @@ fn start_pool(threads: usize) -> std::sync::mpsc::Sender<Job> {
                         Err(_) => return,
                     };
                     match job {
-                        Ok(job) => job(),
+                        // A panicking job (a bug in a hashing or policy library) must not
+                        // take a hashing thread with it: its caller gets an error when the
+                        // job's reply is dropped, and the thread serves the next job.
+                        Ok(job) => {
+                            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err()
+                            {
+                                tracing::error!("a hashing job panicked");
+                            }
+                        }
                         Err(_) => return,
                     }
                 }
@@ -374,6 +382,22 @@ mod tests {
         assert!(h.verify(&pw, Some(&hash)).await.unwrap());
         let wrong = Password::presented("correct horse battery!", 256).unwrap();
         assert!(!h.verify(&wrong, Some(&hash)).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_panicking_job_is_an_error_and_the_hashing_threads_survive_it() {
+        let cfg = Config::from_toml("password.max_concurrent_hashes = 1")
+            .unwrap()
+            .password;
+        let hasher = Hasher::new(&cfg).unwrap();
+        let failed = hasher
+            .run_cpu(|| -> u8 { panic!("a bug in a library") })
+            .await;
+        assert!(matches!(failed, Err(PasswordError::Task)));
+        // The one hashing thread is still there.
+        let pw = Password::presented("correct horse battery staple", 256).unwrap();
+        let hash = hasher.hash(&pw).await.unwrap();
+        assert!(hasher.verify(&pw, Some(&hash)).await.unwrap());
     }
 
     fn policy(pw: &str) -> Result<(), String> {

@@ -49,12 +49,12 @@ where
         .bind(to_millis(r.refresh_expires_at))
 }
 
-pub(super) const INSERT_SESSION_SQL: &str = "insert into sessions (id, user_id, refresh_hash, \
+const INSERT_SESSION_SQL: &str = "insert into sessions (id, user_id, refresh_hash, \
      generation, refresh_expires_at, expires_at, created_at, last_active_at, user_agent, ip) \
      values ($1, $2, $3, 0, $4, $5, $6, $6, $7, $8)";
 
 /// Ends the user's live sessions beyond the `$3` most recently active; returns their ids.
-pub(super) const TRIM_SESSIONS_SQL: &str = "update sessions set revoked_at = $2, \
+const TRIM_SESSIONS_SQL: &str = "update sessions set revoked_at = $2, \
      revoked_reason = 'session_limit', sealed_successor = null \
      where user_id = $1 and revoked_at is null and id not in ( \
        select id from sessions where user_id = $1 and revoked_at is null \
@@ -166,7 +166,7 @@ enum Op {
 }
 
 /// What an operation did.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Done {
     /// Rows the operation's main statement changed.
     pub(super) rows: u64,
