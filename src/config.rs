@@ -160,6 +160,8 @@ pub struct RateLimitsConfig {
     pub token: Rate,
     /// Failed logins per account and per (account, IP) before exponential back-off starts.
     pub failed_logins: Rate,
+    /// IPv6 clients are limited per network of this many bits (IPv4 per address).
+    pub ipv6_prefix: u8,
 }
 
 /// `registration`
@@ -293,6 +295,7 @@ impl Config {
                     password: r.password.to_string(),
                     token: r.token.to_string(),
                     failed_logins: r.failed_logins.to_string(),
+                    ipv6_prefix: r.ipv6_prefix,
                 }
             },
             redis_url: self
@@ -390,6 +393,7 @@ struct RedactedRateLimits {
     password: String,
     token: String,
     failed_logins: String,
+    ipv6_prefix: u8,
 }
 
 #[derive(Serialize)]
@@ -405,18 +409,46 @@ struct RedactedSigning {
     previous_secrets: Vec<&'static str>,
 }
 
-/// Hides the password in `scheme://user:password@host/…`.
-fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
+/// A connection URL with every secret-bearing part replaced by `[redacted]`: the password of
+/// the userinfo, and the value of every query parameter that carries a secret (`password`,
+/// `sslpassword`, `sslkey` and any other whose name speaks of a password, secret, token or
+/// key). The user name, host, port, database and other parameters stay, for diagnosis. A URL
+/// that does not parse is shown as `[redacted]` when it could hold a secret at all.
+fn redact_url(raw: &str) -> String {
+    const MARK: &str = "KEYGATE-REDACTED-MARK";
+    let Ok(mut url) = url::Url::parse(raw) else {
+        return if raw.contains('@') || raw.contains('?') {
+            "[redacted]".to_owned()
+        } else {
+            raw.to_owned()
+        };
     };
-    let Some((userinfo, host)) = rest.rsplit_once('@') else {
-        return url.to_owned();
-    };
-    match userinfo.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:[redacted]@{host}"),
-        None => url.to_owned(),
+    if url.password().is_some() && url.set_password(Some(MARK)).is_err() {
+        return "[redacted]".to_owned();
     }
+    if url.query().is_some() {
+        let pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if is_secret_parameter(&k) {
+                    MARK.to_owned()
+                } else {
+                    v.into_owned()
+                };
+                (k.into_owned(), v)
+            })
+            .collect();
+        url.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    url.as_str().replace(MARK, "[redacted]")
+}
+
+/// Whether a connection-URL query parameter carries a secret.
+fn is_secret_parameter(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    ["pass", "secret", "token", "key"]
+        .iter()
+        .any(|word| name.contains(word))
 }
 
 /// The sources' shape: every key optional, unknown keys refused.
@@ -464,6 +496,7 @@ struct RawRateLimits {
     password: Option<Text>,
     token: Option<Text>,
     failed_logins: Option<Text>,
+    ipv6_prefix: Option<Text>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -899,6 +932,16 @@ fn rate_limits(raw: RawRateLimits) -> Result<RateLimitsConfig, ConfigError> {
         password: rate("rate_limits.password", raw.password, "5/1m")?,
         token: rate("rate_limits.token", raw.token, "20/1m")?,
         failed_logins: rate("rate_limits.failed_logins", raw.failed_logins, "5/15m")?,
+        ipv6_prefix: {
+            let bits = number("rate_limits.ipv6_prefix", raw.ipv6_prefix, 64u8)?;
+            if !(16..=128).contains(&bits) {
+                return Err(ConfigError::key(
+                    "rate_limits.ipv6_prefix",
+                    "expected a prefix length from 16 to 128 bits",
+                ));
+            }
+            bits
+        },
     })
 }
 
@@ -1076,6 +1119,46 @@ mod tests {
             "{shown}"
         );
         assert!(shown.contains("secret = \"[redacted]\""), "{shown}");
+    }
+
+    #[test]
+    fn every_secret_bearing_part_of_a_connection_url_is_redacted() {
+        for (url, shown) in [
+            (
+                "postgres://kg:hunter2@db:5432/keygate?sslmode=verify-full&password=p%40ss1&sslpassword=p2&sslkey=/etc/k.pem",
+                "postgres://kg:[redacted]@db:5432/keygate?sslmode=verify-full&password=[redacted]&sslpassword=[redacted]&sslkey=[redacted]",
+            ),
+            (
+                "postgres:///keygate?host=/run/postgresql&user=kg&PASSWORD=s3",
+                "postgres:///keygate?host=%2Frun%2Fpostgresql&user=kg&PASSWORD=[redacted]",
+            ),
+            (
+                "redis://:s3cret@cache:6379/0",
+                "redis://:[redacted]@cache:6379/0",
+            ),
+            (
+                "rediss://default:s3cret@cache/",
+                "rediss://default:[redacted]@cache/",
+            ),
+            ("sqlite://keygate.db", "sqlite://keygate.db"),
+            ("postgres://kg@db/keygate", "postgres://kg@db/keygate"),
+            ("not a url with @ secret", "[redacted]"),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
+        let c = Config::from_toml(
+            "database_url = \"postgres://kg@db/keygate?password=hunter2&sslpassword=hunter3\"\n\
+             redis_url = \"redis://u:hunter4@cache:6379\"",
+        )
+        .unwrap();
+        let shown = c.redacted();
+        for secret in ["hunter2", "hunter3", "hunter4"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        assert!(
+            shown.contains("postgres://kg@db/keygate?password=[redacted]"),
+            "{shown}"
+        );
     }
 
     #[test]

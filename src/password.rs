@@ -306,18 +306,70 @@ pub fn is_bcrypt(hash: &str) -> bool {
     ["$2a$", "$2b$", "$2y$"].iter().any(|p| hash.starts_with(p))
 }
 
-/// Whether an imported hash is one Keygate can verify: a well-formed bcrypt hash
-/// (`$2a$`/`$2b$`/`$2y$`) or an argon2 PHC string (argon2id, argon2i or argon2d).
-pub fn is_importable_hash(hash: &str) -> bool {
+/// The largest argon2 memory cost (KiB) an imported hash may ask for: 256 MiB, thirteen times
+/// the default. Above it one login could take a hashing thread's share of memory many times
+/// over.
+pub const IMPORT_MAX_ARGON2_M_KIB: u32 = 256 * 1024;
+/// The largest argon2 time cost (passes) an imported hash may ask for.
+pub const IMPORT_MAX_ARGON2_T: u32 = 16;
+/// The largest argon2 parallelism an imported hash may ask for (it runs on one thread here).
+pub const IMPORT_MAX_ARGON2_P: u32 = 16;
+/// The largest bcrypt cost an imported hash may have: 2^14 rounds, about a second per login.
+pub const IMPORT_MAX_BCRYPT_COST: u32 = 14;
+
+/// Whether an imported hash is one Keygate can verify at a bounded price: a well-formed bcrypt
+/// hash (`$2a$`/`$2b$`/`$2y$`) of cost at most [`IMPORT_MAX_BCRYPT_COST`], or an argon2 PHC
+/// string (argon2id, argon2i or argon2d) within the `IMPORT_MAX_ARGON2_*` costs, so that one
+/// imported row cannot become a memory or CPU bomb on every login attempt for it.
+/// The error is the message for the import report.
+pub fn check_importable_hash(hash: &str) -> Result<(), String> {
+    const UNKNOWN: &str = "password_hash is not a bcrypt ($2a$, $2b$, $2y$) or argon2 PHC hash";
     if is_bcrypt(hash) {
-        return hash.parse::<bcrypt::HashParts>().is_ok();
+        let parts = hash
+            .parse::<bcrypt::HashParts>()
+            .map_err(|_| UNKNOWN.to_owned())?;
+        if parts.get_cost() > IMPORT_MAX_BCRYPT_COST {
+            return Err(format!(
+                "password_hash has bcrypt cost {}; at most {IMPORT_MAX_BCRYPT_COST} is accepted",
+                parts.get_cost()
+            ));
+        }
+        return Ok(());
     }
-    argon2::PasswordHash::new(hash).is_ok_and(|h| {
-        matches!(h.algorithm.as_str(), "argon2id" | "argon2i" | "argon2d")
-            && Params::try_from(&h).is_ok()
-            && h.salt.is_some()
-            && h.hash.is_some()
-    })
+    let parsed = argon2::PasswordHash::new(hash).map_err(|_| UNKNOWN.to_owned())?;
+    if !matches!(
+        parsed.algorithm.as_str(),
+        "argon2id" | "argon2i" | "argon2d"
+    ) || parsed.salt.is_none()
+        || parsed.hash.is_none()
+    {
+        return Err(UNKNOWN.to_owned());
+    }
+    let params = Params::try_from(&parsed).map_err(|_| UNKNOWN.to_owned())?;
+    if params.m_cost() > IMPORT_MAX_ARGON2_M_KIB {
+        return Err(format!(
+            "password_hash has argon2 memory cost m={} KiB; at most {IMPORT_MAX_ARGON2_M_KIB} KiB (256 MiB) is accepted",
+            params.m_cost()
+        ));
+    }
+    if params.t_cost() > IMPORT_MAX_ARGON2_T {
+        return Err(format!(
+            "password_hash has argon2 time cost t={}; at most {IMPORT_MAX_ARGON2_T} is accepted",
+            params.t_cost()
+        ));
+    }
+    if params.p_cost() > IMPORT_MAX_ARGON2_P {
+        return Err(format!(
+            "password_hash has argon2 parallelism p={}; at most {IMPORT_MAX_ARGON2_P} is accepted",
+            params.p_cost()
+        ));
+    }
+    Ok(())
+}
+
+/// Whether [`check_importable_hash`] accepts `hash`.
+pub fn is_importable_hash(hash: &str) -> bool {
+    check_importable_hash(hash).is_ok()
 }
 
 /// Checks a new password against the policy beyond its length: it must not be or contain the
@@ -520,6 +572,36 @@ mod tests {
         ] {
             assert!(!is_importable_hash(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn imported_hashes_with_extreme_costs_are_refused_with_the_reason() {
+        let argon = |m: u32, t: u32, p: u32| {
+            format!(
+                "$argon2id$v=19$m={m},t={t},p={p}$jtf6Y8eWtoeV2mtpprCwQw$AF+ZR3ebspbBuJMDKBoZO1Ww1HL/cWDAb3aa01CFr/0"
+            )
+        };
+        assert_eq!(check_importable_hash(&argon(262_144, 3, 4)), Ok(()));
+        let e = check_importable_hash(&argon(262_145, 3, 4)).unwrap_err();
+        assert!(e.contains("memory cost m=262145"), "{e}");
+        assert!(e.contains("256 MiB"), "{e}");
+        let e = check_importable_hash(&argon(4_194_304, 1, 1)).unwrap_err();
+        assert!(e.contains("memory cost"), "{e}");
+        let e = check_importable_hash(&argon(65_536, 17, 1)).unwrap_err();
+        assert!(e.contains("time cost t=17"), "{e}");
+        let e = check_importable_hash(&argon(65_536, 3, 17)).unwrap_err();
+        assert!(e.contains("parallelism p=17"), "{e}");
+
+        let bcrypt_at = |cost: u32| {
+            format!("$2b${cost:02}$CCCCCCCCCCCCCCCCCCCCC.E5YPO9kmyuRGyh0XouQYb4YMJKvyOeW")
+        };
+        assert_eq!(check_importable_hash(&bcrypt_at(14)), Ok(()));
+        let e = check_importable_hash(&bcrypt_at(15)).unwrap_err();
+        assert!(e.contains("bcrypt cost 15"), "{e}");
+        let e = check_importable_hash(&bcrypt_at(31)).unwrap_err();
+        assert!(e.contains("at most 14"), "{e}");
+        let e = check_importable_hash("$2b$10$short").unwrap_err();
+        assert!(e.contains("not a bcrypt"), "{e}");
     }
 
     #[tokio::test]

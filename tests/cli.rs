@@ -61,6 +61,11 @@ fn config_check_prints_the_effective_configuration_with_secrets_redacted() {
                 "super-secret-value-that-is-long-enough",
             ),
             ("KEYGATE_AUDIENCE", "api,admin"),
+            (
+                "KEYGATE_DATABASE_URL",
+                "postgres://kg:pw-in-userinfo@db/keygate?sslmode=require&password=pw-in-query&sslpassword=pw-of-key&sslkey=/keys/client.key",
+            ),
+            ("KEYGATE_REDIS_URL", "redis://:pw-of-redis@cache:6379"),
         ],
     );
     assert!(out.status.success());
@@ -76,6 +81,19 @@ fn config_check_prints_the_effective_configuration_with_secrets_redacted() {
     );
     assert!(!stdout.contains("super-secret"), "secret redacted");
     assert!(stdout.contains("[redacted]"));
+    for secret in [
+        "pw-in-userinfo",
+        "pw-in-query",
+        "pw-of-key",
+        "client.key",
+        "pw-of-redis",
+    ] {
+        assert!(!stdout.contains(secret), "{secret} redacted: {stdout}");
+    }
+    assert!(
+        stdout.contains("postgres://kg:[redacted]@db/keygate?sslmode=require&password=[redacted]"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -354,6 +372,8 @@ const IMPORT: &str = r#"{"email": "py@example.com", "password_hash": "$2b$10$C34
 this is not json
 {"email": "not-an-email", "password_hash": "$2b$10$C347REkkhmmXABq/iwrXS.lUSq3xzh6oz2hG0xVKqUwFYhcS/wQge"}
 {"email": "dup@example.com", "username": "php", "password_hash": "$2b$10$C347REkkhmmXABq/iwrXS.lUSq3xzh6oz2hG0xVKqUwFYhcS/wQge"}
+{"email": "bomb@example.com", "password_hash": "$argon2id$v=19$m=4194304,t=3,p=4$jtf6Y8eWtoeV2mtpprCwQw$AF+ZR3ebspbBuJMDKBoZO1Ww1HL/cWDAb3aa01CFr/0"}
+{"email": "slow@example.com", "password_hash": "$2b$20$C347REkkhmmXABq/iwrXS.lUSq3xzh6oz2hG0xVKqUwFYhcS/wQge"}
 "#;
 
 #[test]
@@ -365,10 +385,10 @@ fn import_takes_foreign_hashes_reports_bad_lines_and_upgrades_hashes_at_login() 
     assert_eq!(out.status.code(), Some(1), "some lines failed");
     let (o, e) = (stdout(&out), stderr(&out));
     assert!(
-        o.contains("imported 4 users; 0 already existed; 4 lines failed"),
+        o.contains("imported 4 users; 0 already existed; 6 lines failed"),
         "{o}"
     );
-    for line in [6, 7, 8, 9] {
+    for line in [6, 7, 8, 9, 10, 11] {
         assert!(
             e.contains(&format!("line {line}: ")),
             "line {line} reported: {e}"
@@ -379,7 +399,17 @@ fn import_takes_foreign_hashes_reports_bad_lines_and_upgrades_hashes_at_login() 
         e.contains("line 9: username already belongs to another user"),
         "{e}"
     );
+    // Extreme costs would make every login attempt for the row a memory or CPU bomb.
+    assert!(
+        e.contains("line 10: password_hash has argon2 memory cost m=4194304 KiB; at most 262144 KiB (256 MiB) is accepted"),
+        "{e}"
+    );
+    assert!(
+        e.contains("line 11: password_hash has bcrypt cost 20; at most 14 is accepted"),
+        "{e}"
+    );
     assert!(!e.contains("$2b$10$C347"), "hashes are not echoed");
+    assert!(!e.contains("jtf6Y8eW"), "hashes are not echoed");
     // Re-running duplicates nothing.
     let out = keygate(d, &["import", "users.jsonl"], &[]);
     assert!(

@@ -165,7 +165,12 @@ impl Auth {
         &self,
         who: &Principal,
         change: ProfileChange,
+        client: &ClientInfo,
     ) -> Result<UserRecord, AuthError> {
+        // Setting a username answers whether it is taken: limited like registration.
+        if matches!(change.username, Some(Some(_))) {
+            self.limit(Action::Profile, client).await?;
+        }
         let mut errors = FieldErrors::new();
         let name = match change.name {
             None => None,

@@ -5,7 +5,7 @@ use serde::Deserialize;
 use super::events::Event;
 use super::{Auth, AuthError};
 use crate::domain::{ClientInfo, DisplayName, Email, Username, parse_names};
-use crate::password::is_importable_hash;
+use crate::password::check_importable_hash;
 use crate::store::NewUser;
 
 /// One line of the import file (JSON Lines).
@@ -63,11 +63,7 @@ impl Auth {
             .transpose()
             .map_err(|e| format!("name {e}"))?;
         let roles = parse_names(&parsed.roles).map_err(|e| format!("roles {e}"))?;
-        if !is_importable_hash(&parsed.password_hash) {
-            return Err(
-                "password_hash is not a bcrypt ($2a$, $2b$, $2y$) or argon2 PHC hash".to_owned(),
-            );
-        }
+        check_importable_hash(&parsed.password_hash)?;
         let new = NewUser {
             email,
             username: username.map(|u| u.as_str().to_owned()),

@@ -94,11 +94,6 @@ impl Auth {
         };
         let login = login.trim().to_lowercase();
         let ip = client.ip.as_deref();
-        // Before any work: an account or (account, IP) in back-off costs the attacker a 429.
-        if let Err(retry) = self.limits.check_login(&login, ip).await {
-            self.rate_limited(Action::Login, &client).await;
-            return Err(AuthError::RateLimited(retry));
-        }
         // No account can have control characters in its email or username (and PostgreSQL
         // refuses NUL in text): such a login is simply unknown.
         let found = if login.chars().any(char::is_control) {
@@ -106,18 +101,39 @@ impl Auth {
         } else {
             self.store.find_credentials(&login).await?
         };
+        // The attempt is counted before the password is checked: one account's budget
+        // whether it is named by email or username; an unknown identifier's by its canonical
+        // form. In back-off, the attempt costs the attacker a 429 and no hash.
+        let account = found
+            .as_ref()
+            .map_or_else(|| login.clone(), |(user, _)| user.id.to_string());
+        let attempt = match self.limits.begin_login(&account, ip).await {
+            Ok(attempt) => attempt,
+            Err(retry) => {
+                self.rate_limited(Action::Login, &client).await;
+                return Err(AuthError::RateLimited(retry));
+            }
+        };
         // Unknown accounts are checked against the dummy hash: same time, same answer.
-        let ok = self
+        let ok = match self
             .hasher
             .verify(&password, found.as_ref().map(|(_, h)| h.phc()))
-            .await?;
+            .await
+        {
+            Ok(ok) => ok,
+            Err(e) => {
+                self.limits.login_abandoned(attempt).await;
+                return Err(e.into());
+            }
+        };
         if ok {
-            self.limits.login_succeeded(&login, ip).await;
+            self.limits.login_succeeded(attempt).await;
             if let Some((user, hash)) = &found {
                 self.upgrade_hash(user, hash.phc(), &password).await;
             }
         } else {
-            self.limits.login_failed(&login, ip).await;
+            // A wrong password: the reservation stays counted.
+            drop(attempt);
         }
         let user = match found {
             Some((user, _)) if ok => user,
@@ -430,7 +446,12 @@ impl Auth {
     }
 
     /// Ends sessions. Identified by the bearer token, or else by the refresh token; a token
-    /// whose session already ended still succeeds (logout is idempotent).
+    /// whose session already ended still succeeds (logout is idempotent). Ending other sessions
+    /// (`global`, `others`) takes a current credential: a bearer token of a live session, or a
+    /// refresh token that is its session's current one or its previous one inside the grace
+    /// window. A stale one (a revoked session's token, a rotated refresh token past its grace)
+    /// gets the same 204 and ends nothing, so that a leaked old token can never sign the user
+    /// out everywhere.
     pub async fn logout(
         &self,
         scope: LogoutScope,
@@ -439,6 +460,7 @@ impl Auth {
         client: &ClientInfo,
     ) -> Result<(), AuthError> {
         let now = self.now();
+        let grace = self.config.refresh_reuse_grace;
         let from_refresh = match refresh {
             None => None,
             Some(text) => {
@@ -447,29 +469,43 @@ impl Auth {
                 self.store
                     .find_session(token.session_id())
                     .await?
-                    .filter(|s| {
-                        s.refresh_hash.matches(&hash)
-                            || s.previous_hash.as_ref().is_some_and(|p| p.matches(&hash))
+                    .and_then(|s| {
+                        let current = s.refresh_hash.matches(&hash);
+                        let previous =
+                            !current && s.previous_hash.as_ref().is_some_and(|p| p.matches(&hash));
+                        let fresh = s.is_live(now)
+                            && if current {
+                                s.refresh_expires_at > now
+                            } else {
+                                s.rotated_at.is_some_and(|at| now < later(at, grace))
+                            };
+                        (current || previous).then_some((s.user_id, s.id, fresh))
                     })
-                    .map(|s| (s.user_id, s.id))
             }
         };
-        let (user_id, session_id) = match (bearer, from_refresh) {
+        let (user_id, session_id, fresh) = match (bearer, from_refresh) {
             (Some(_), _) => {
                 let p = self.verify_access(bearer)?;
-                (p.user_id, p.session_id)
+                let live = self
+                    .store
+                    .session_is_live(p.session_id, p.user_id, now)
+                    .await?;
+                (p.user_id, p.session_id, live)
             }
             (None, Some(found)) => found,
             // A well-formed refresh token that authenticates nothing: nothing to end.
-            (None, None) if refresh.is_some() && scope == LogoutScope::Local => return Ok(()),
-            (None, None) if refresh.is_some() => return Err(AuthError::InvalidRefreshToken),
+            (None, None) if refresh.is_some() => return Ok(()),
             (None, None) => return Err(AuthError::InvalidToken(TokenProblem::Missing)),
         };
+        if scope != LogoutScope::Local && !fresh {
+            tracing::debug!("logout of other sessions with a stale credential: nothing ended");
+            return Ok(());
+        }
         let ended = match scope {
             LogoutScope::Local => {
                 let mut n = u64::from(self.store.revoke_session(session_id, "logout", now).await?);
                 // A refresh token of another of the user's sessions sent alongside ends too.
-                if let Some((owner, other)) = from_refresh
+                if let Some((owner, other, _)) = from_refresh
                     && owner == user_id
                     && other != session_id
                 {

@@ -172,18 +172,10 @@ pub(super) async fn refresh(
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum ScopeBody {
-    #[default]
-    Local,
-    Global,
-    Others,
-}
-
-#[derive(Debug, Default, Deserialize)]
 pub(super) struct LogoutBody {
-    #[serde(default)]
-    scope: ScopeBody,
+    /// A string of well-formed JSON: an unknown value is a validation error (422), not a
+    /// malformed body.
+    scope: Option<String>,
     refresh_token: Option<String>,
 }
 
@@ -193,10 +185,18 @@ pub(super) async fn logout(
     Client(client): Client,
     OptionalJson(body): OptionalJson<LogoutBody>,
 ) -> Result<StatusCode> {
-    let scope = match body.scope {
-        ScopeBody::Local => LogoutScope::Local,
-        ScopeBody::Global => LogoutScope::Global,
-        ScopeBody::Others => LogoutScope::Others,
+    let scope = match body.scope.as_deref() {
+        None | Some("local") => LogoutScope::Local,
+        Some("global") => LogoutScope::Global,
+        Some("others") => LogoutScope::Others,
+        Some(_) => {
+            let mut fields = std::collections::BTreeMap::new();
+            fields.insert(
+                "scope".to_owned(),
+                "must be one of local, global, others".to_owned(),
+            );
+            return Err(ApiError::ValidationFailed(fields));
+        }
     };
     state
         .auth
@@ -228,6 +228,7 @@ pub(super) struct UpdateMeBody {
 pub(super) async fn update_me(
     State(state): State<Arc<AppState>>,
     AuthUser(who): AuthUser,
+    Client(client): Client,
     Json(body): Json<UpdateMeBody>,
 ) -> Result<axum::Json<UserView>> {
     let user = state
@@ -238,6 +239,7 @@ pub(super) async fn update_me(
                 name: body.name,
                 username: body.username,
             },
+            &client,
         )
         .await?;
     Ok(axum::Json(user.into()))

@@ -181,13 +181,14 @@ impl FromRequestParts<Arc<AppState>> for Client {
 
 /// The client's address: `peer` unless `peer` is a trusted proxy, in which case the
 /// right-most `X-Forwarded-For` entry that is not itself a trusted proxy (entries further left
-/// were written by the client and prove nothing).
+/// were written by the client and prove nothing). An IPv4-mapped IPv6 address (what a
+/// dual-stack listener sees for an IPv4 peer) is taken as the IPv4 address it maps.
 pub(crate) fn client_ip(
     peer: Option<IpAddr>,
     forwarded_for: Option<&str>,
     trusted: &[ipnet::IpNet],
 ) -> Option<IpAddr> {
-    let peer = peer?;
+    let peer = peer?.to_canonical();
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
     if !is_trusted(&peer) {
         return Some(peer);
@@ -200,6 +201,7 @@ pub(crate) fn client_ip(
         let Ok(ip) = entry.trim().parse::<IpAddr>() else {
             break;
         };
+        let ip = ip.to_canonical();
         client = ip;
         if !is_trusted(&ip) {
             break;
@@ -270,5 +272,23 @@ mod tests {
             Some(ip("127.0.0.1"))
         );
         assert_eq!(client_ip(None, Some("1.2.3.4"), &trusted), None);
+    }
+
+    #[test]
+    fn an_ipv4_mapped_peer_is_its_ipv4_address_for_proxies_and_limits() {
+        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        // A dual-stack listener sees the IPv4 proxy as ::ffff:10.0.0.2: still trusted.
+        assert_eq!(
+            client_ip(Some(ip("::ffff:10.0.0.2")), Some("198.51.100.7"), &trusted),
+            Some(ip("198.51.100.7"))
+        );
+        assert_eq!(
+            client_ip(Some(ip("::ffff:203.0.113.9")), None, &trusted),
+            Some(ip("203.0.113.9"))
+        );
+        assert_eq!(
+            client_ip(Some(ip("10.0.0.2")), Some("::ffff:198.51.100.7"), &trusted),
+            Some(ip("198.51.100.7"))
+        );
     }
 }

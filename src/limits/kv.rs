@@ -1,38 +1,77 @@
 //! Where limiter state lives: process memory, or Redis shared by every node with memory as
-//! the fallback while Redis is unreachable (fail open, never fail closed).
+//! the fallback while Redis is unreachable (fail open to per-node limits, never to no limits).
 //!
 //! The one primitive is compare-and-set with a time-to-live, which is all governor's GCRA and
 //! the failed-login back-off need to stay correct when several nodes update one key.
+//!
+//! Memory is bounded: each [`MemoryKv`] holds at most a fixed number of entries (a `moka`
+//! cache with least-recently-used eviction, expired entries going first). A full store still
+//! admits and limits every new key; what an attacker who floods it with new keys can do is make
+//! it forget the keys touched least recently, never stop tracking the ones in use.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use moka::ops::compute::Op;
+use moka::policy::EvictionPolicy;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use secrecy::{ExposeSecret as _, SecretString};
 
 use crate::clock::{Clock, to_millis};
 
-/// Entries kept in memory at most; beyond it expired entries are dropped, and if that is not
-/// enough new keys are not tracked (failing open rather than growing without bound).
-const MEMORY_MAX_ENTRIES: usize = 200_000;
-
 /// How long Redis is left alone after a failure before it is tried again.
 const REDIS_RETRY_AFTER: Duration = Duration::from_secs(5);
 
-/// Timeouts for one Redis operation: a limiter must never hold a request up for long.
+/// The longest one Redis operation may take: a limiter must never hold a request up for long.
 const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// Process-memory store. Expiry follows the injected clock.
+/// One stored value: the text, when it expires on the injected clock, and its time-to-live
+/// (the cache drops it after that long in real time; reads check the injected clock).
+#[derive(Clone)]
+struct Entry {
+    value: Arc<str>,
+    expires_ms: i64,
+    ttl: Duration,
+}
+
+/// Entries expire after their own time-to-live.
+struct PerEntryTtl;
+
+impl moka::Expiry<String, Entry> for PerEntryTtl {
+    fn expire_after_create(&self, _: &String, entry: &Entry, _: Instant) -> Option<Duration> {
+        Some(entry.ttl)
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &String,
+        entry: &Entry,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(entry.ttl)
+    }
+}
+
+/// Process-memory store of at most `capacity` entries. Every operation is O(1) and locks only
+/// the key it touches. Expiry follows the injected clock.
 pub(crate) struct MemoryKv {
-    map: Mutex<HashMap<String, (String, i64)>>,
+    cache: moka::sync::Cache<String, Entry>,
     clock: Arc<dyn Clock>,
 }
 
 impl MemoryKv {
-    pub(crate) fn new(clock: Arc<dyn Clock>) -> Self {
+    pub(crate) fn new(clock: Arc<dyn Clock>, capacity: u64) -> Self {
         MemoryKv {
-            map: Mutex::new(HashMap::new()),
+            cache: moka::sync::Cache::builder()
+                .max_capacity(capacity)
+                // LRU admits every new key (TinyLFU could refuse one, which would leave that
+                // key unlimited) and evicts the least recently touched; expired entries are
+                // removed before anything live is evicted.
+                .eviction_policy(EvictionPolicy::lru())
+                .expire_after(PerEntryTtl)
+                .build(),
             clock,
         }
     }
@@ -43,10 +82,10 @@ impl MemoryKv {
 
     pub(crate) fn get(&self, key: &str) -> Option<String> {
         let now = self.now_ms();
-        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(key)
-            .filter(|(_, exp)| *exp > now)
-            .map(|(v, _)| v.clone())
+        self.cache
+            .get(key)
+            .filter(|e| e.expires_ms > now)
+            .map(|e| e.value.to_string())
     }
 
     pub(crate) fn compare_and_set(
@@ -57,51 +96,42 @@ impl MemoryKv {
         ttl: Duration,
     ) -> bool {
         let now = self.now_ms();
-        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        let current = map
-            .get(key)
-            .filter(|(_, exp)| *exp > now)
-            .map(|(v, _)| v.as_str());
-        if current != old {
-            return false;
-        }
-        if !map.contains_key(key) && map.len() >= MEMORY_MAX_ENTRIES {
-            map.retain(|_, (_, exp)| *exp > now);
-            if map.len() >= MEMORY_MAX_ENTRIES {
-                tracing::warn!(
-                    "rate-limit memory full: new keys are not tracked until entries expire"
-                );
-                return true;
-            }
-        }
         let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
-        map.insert(key.to_owned(), (new.to_owned(), now.saturating_add(ttl_ms)));
-        true
+        let mut done = false;
+        self.cache.entry_by_ref(key).and_compute_with(|current| {
+            let current = current
+                .as_ref()
+                .map(moka::Entry::value)
+                .filter(|e| e.expires_ms > now)
+                .map(|e| &*e.value);
+            if current != old {
+                return Op::Nop;
+            }
+            done = true;
+            Op::Put(Entry {
+                value: Arc::from(new),
+                expires_ms: now.saturating_add(ttl_ms),
+                ttl: ttl.max(Duration::from_millis(1)),
+            })
+        });
+        done
     }
 
     pub(crate) fn delete(&self, key: &str) {
-        self.map
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(key);
+        self.cache.invalidate(key);
     }
 
-    /// Drops expired entries (called by the periodic purge).
+    /// Runs the cache's pending maintenance (expiry, eviction) now.
     pub(crate) fn sweep(&self) {
-        let now = self.now_ms();
-        self.map
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|_, (_, exp)| *exp > now);
+        self.cache.run_pending_tasks();
     }
-}
 
-/// Redis over one synchronous connection, re-opened after any failure. Callers run on the
-/// blocking pool.
-struct RedisKv {
-    client: redis::Client,
-    conn: Mutex<Option<redis::Connection>>,
-    cas: redis::Script,
+    /// Entries held (after pending maintenance).
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> u64 {
+        self.cache.run_pending_tasks();
+        self.cache.entry_count()
+    }
 }
 
 /// `SET key new PX ttl` only if the key holds `old` (`""` standing for "absent").
@@ -114,149 +144,142 @@ end
 return 0
 ";
 
-impl RedisKv {
-    fn new(url: &SecretString) -> Result<RedisKv, redis::RedisError> {
-        Ok(RedisKv {
-            client: redis::Client::open(url.expose_secret())?,
-            conn: Mutex::new(None),
-            cas: redis::Script::new(CAS_SCRIPT),
-        })
-    }
-
-    fn with_conn<T>(
-        &self,
-        op: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
-    ) -> redis::RedisResult<T> {
-        let mut slot = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-        if slot.is_none() {
-            let conn = self.client.get_connection_with_timeout(REDIS_TIMEOUT)?;
-            conn.set_read_timeout(Some(REDIS_TIMEOUT))?;
-            conn.set_write_timeout(Some(REDIS_TIMEOUT))?;
-            *slot = Some(conn);
-        }
-        let Some(conn) = slot.as_mut() else {
-            return Err(redis::RedisError::from((
-                redis::ErrorKind::Io,
-                "no connection",
-            )));
-        };
-        let result = op(conn);
-        if result.is_err() {
-            *slot = None;
-        }
-        result
-    }
-
-    fn get(&self, key: &str) -> redis::RedisResult<Option<String>> {
-        self.with_conn(|c| redis::cmd("GET").arg(key).query(c))
-    }
-
-    fn compare_and_set(
-        &self,
-        key: &str,
-        old: Option<&str>,
-        new: &str,
-        ttl: Duration,
-    ) -> redis::RedisResult<bool> {
-        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-        self.with_conn(|c| {
-            let done: i64 = self
-                .cas
-                .key(key)
-                .arg(old.unwrap_or(""))
-                .arg(new)
-                .arg(ttl_ms)
-                .invoke(c)?;
-            Ok(done == 1)
-        })
-    }
-
-    fn delete(&self, key: &str) -> redis::RedisResult<()> {
-        self.with_conn(|c| redis::cmd("DEL").arg(key).query(c))
-    }
-
-    fn ping(&self) -> bool {
-        self.with_conn(|c| redis::cmd("PING").query::<String>(c))
-            .is_ok()
-    }
-}
-
-/// The store the limiters use: Redis when configured and answering, memory otherwise.
-pub(crate) struct Kv {
-    redis: Option<RedisKv>,
-    memory: MemoryKv,
+/// Redis over one multiplexed asynchronous connection that reconnects by itself; every call
+/// is bounded by [`REDIS_TIMEOUT`]. After a failure the callers use memory for
+/// [`REDIS_RETRY_AFTER`], so a slow or dead Redis costs at most one timeout per window.
+pub(crate) struct Redis {
+    conn: ConnectionManager,
+    cas: redis::Script,
     /// Set while Redis is failing; cleared by the next success.
     degraded: AtomicBool,
-    retry_at: Mutex<Option<Instant>>,
+    /// Until when (milliseconds since `started`) Redis is left alone.
+    retry_at_ms: AtomicU64,
+    started: Instant,
 }
 
-impl Kv {
-    pub(crate) fn new(
-        redis_url: Option<&SecretString>,
-        clock: Arc<dyn Clock>,
-    ) -> Result<Kv, String> {
-        let redis = match redis_url {
-            None => None,
-            Some(url) => {
-                Some(RedisKv::new(url).map_err(|e| format!("invalid redis_url: {:?}", e.kind()))?)
-            }
-        };
-        Ok(Kv {
-            redis,
-            memory: MemoryKv::new(clock),
+impl Redis {
+    /// Connects lazily: an unreachable Redis is not an error at start-up.
+    pub(crate) fn new(url: &SecretString) -> Result<Redis, redis::RedisError> {
+        let client = redis::Client::open(url.expose_secret())?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(REDIS_TIMEOUT))
+            .set_response_timeout(Some(REDIS_TIMEOUT))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(100));
+        Ok(Redis {
+            conn: ConnectionManager::new_lazy_with_config(client, config)?,
+            cas: redis::Script::new(CAS_SCRIPT),
             degraded: AtomicBool::new(false),
-            retry_at: Mutex::new(None),
+            retry_at_ms: AtomicU64::new(0),
+            started: Instant::now(),
         })
     }
 
-    /// Whether operations may block on the network (then run them on the blocking pool).
-    pub(crate) fn is_remote(&self) -> bool {
-        self.redis.is_some()
+    fn elapsed_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// Whether Redis is configured but failing (limits are then per node).
-    pub(crate) fn degraded(&self) -> bool {
-        self.degraded.load(Ordering::Relaxed)
+    /// Whether Redis may be tried now (not inside the window after a failure).
+    fn usable(&self) -> bool {
+        self.elapsed_ms() >= self.retry_at_ms.load(Ordering::Relaxed)
     }
 
-    fn redis(&self) -> Option<&RedisKv> {
-        let redis = self.redis.as_ref()?;
-        let retry_at = self.retry_at.lock().unwrap_or_else(|e| e.into_inner());
-        match *retry_at {
-            Some(at) if Instant::now() < at => None,
-            _ => Some(redis),
-        }
+    /// Runs one command with the timeout and records the outcome.
+    async fn call<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Option<T> {
+        let mut conn = self.conn.clone();
+        let result = tokio::time::timeout(REDIS_TIMEOUT, cmd.query_async::<T>(&mut conn)).await;
+        self.outcome(result)
     }
 
-    fn outcome<T>(&self, result: redis::RedisResult<T>) -> Option<T> {
+    fn outcome<T>(
+        &self,
+        result: Result<redis::RedisResult<T>, tokio::time::error::Elapsed>,
+    ) -> Option<T> {
         match result {
-            Ok(v) => {
+            Ok(Ok(v)) => {
                 if self.degraded.swap(false, Ordering::Relaxed) {
                     tracing::info!("redis is back: rate limits are shared across nodes again");
                 }
                 Some(v)
             }
-            Err(e) => {
+            failed => {
+                let why = match failed {
+                    Ok(Err(e)) => format!("{:?}", e.kind()),
+                    _ => "timed out".to_owned(),
+                };
                 if !self.degraded.swap(true, Ordering::Relaxed) {
-                    tracing::error!(error = %format!("{:?}", e.kind()), "redis unreachable: rate limits fall back to this node's memory");
+                    tracing::error!(error = %why, "redis unreachable: rate limits fall back to this node's memory");
                 }
-                *self.retry_at.lock().unwrap_or_else(|e| e.into_inner()) =
-                    Some(Instant::now() + REDIS_RETRY_AFTER);
+                let retry = self.elapsed_ms().saturating_add(
+                    u64::try_from(REDIS_RETRY_AFTER.as_millis()).unwrap_or(u64::MAX),
+                );
+                self.retry_at_ms.store(retry, Ordering::Relaxed);
                 None
             }
         }
     }
 
-    pub(crate) fn get(&self, key: &str) -> Option<String> {
+    async fn get(&self, key: &str) -> Option<Option<String>> {
+        self.call(redis::cmd("GET").arg(key)).await
+    }
+
+    async fn compare_and_set(
+        &self,
+        key: &str,
+        old: Option<&str>,
+        new: &str,
+        ttl: Duration,
+    ) -> Option<bool> {
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let mut conn = self.conn.clone();
+        let mut invocation = self.cas.key(key);
+        invocation.arg(old.unwrap_or("")).arg(new).arg(ttl_ms);
+        let result =
+            tokio::time::timeout(REDIS_TIMEOUT, invocation.invoke_async::<i64>(&mut conn)).await;
+        self.outcome(result).map(|done| done == 1)
+    }
+
+    async fn delete(&self, key: &str) -> Option<()> {
+        self.call::<i64>(redis::cmd("DEL").arg(key))
+            .await
+            .map(|_| ())
+    }
+
+    /// Pings now, whatever the retry window says (readiness).
+    async fn ping(&self) -> bool {
+        self.call::<String>(&redis::cmd("PING")).await.is_some()
+    }
+}
+
+/// The store one kind of limiter state uses: Redis when configured and answering (shared by
+/// every `Kv` of the process), this store's own bounded memory otherwise.
+pub(crate) struct Kv {
+    redis: Option<Arc<Redis>>,
+    memory: MemoryKv,
+}
+
+impl Kv {
+    pub(crate) fn new(redis: Option<Arc<Redis>>, clock: Arc<dyn Clock>, capacity: u64) -> Kv {
+        Kv {
+            redis,
+            memory: MemoryKv::new(clock, capacity),
+        }
+    }
+
+    fn redis(&self) -> Option<&Redis> {
+        self.redis.as_deref().filter(|r| r.usable())
+    }
+
+    pub(crate) async fn get(&self, key: &str) -> Option<String> {
         if let Some(redis) = self.redis()
-            && let Some(v) = self.outcome(redis.get(key))
+            && let Some(v) = redis.get(key).await
         {
             return v;
         }
         self.memory.get(key)
     }
 
-    pub(crate) fn compare_and_set(
+    pub(crate) async fn compare_and_set(
         &self,
         key: &str,
         old: Option<&str>,
@@ -264,37 +287,40 @@ impl Kv {
         ttl: Duration,
     ) -> bool {
         if let Some(redis) = self.redis()
-            && let Some(done) = self.outcome(redis.compare_and_set(key, old, new, ttl))
+            && let Some(done) = redis.compare_and_set(key, old, new, ttl).await
         {
             return done;
         }
         self.memory.compare_and_set(key, old, new, ttl)
     }
 
-    pub(crate) fn delete(&self, key: &str) {
+    pub(crate) async fn delete(&self, key: &str) {
         if let Some(redis) = self.redis()
-            && self.outcome(redis.delete(key)).is_some()
+            && redis.delete(key).await.is_some()
         {
             return;
         }
         self.memory.delete(key);
     }
 
-    /// Checks Redis now (readiness); `None` when Redis is not configured.
-    pub(crate) fn check_redis(&self) -> Option<bool> {
-        let redis = self.redis.as_ref()?;
-        let ok = self.outcome(
-            redis
-                .ping()
-                .then_some(())
-                .ok_or_else(|| redis::RedisError::from((redis::ErrorKind::Io, "ping failed"))),
-        );
-        Some(ok.is_some())
-    }
-
     pub(crate) fn sweep(&self) {
         self.memory.sweep();
     }
+
+    #[cfg(test)]
+    pub(crate) fn memory(&self) -> &MemoryKv {
+        &self.memory
+    }
+}
+
+/// Redis state for readiness: `None` when not configured.
+pub(crate) async fn check_redis(redis: Option<&Redis>) -> Option<bool> {
+    Some(redis?.ping().await)
+}
+
+/// Whether Redis is configured but failing (limits are then per node).
+pub(crate) fn redis_degraded(redis: Option<&Redis>) -> bool {
+    redis.is_some_and(|r| r.degraded.load(Ordering::Relaxed))
 }
 
 #[cfg(test)]
@@ -305,7 +331,7 @@ mod tests {
     #[test]
     fn memory_compare_and_set_and_expiry() {
         let clock = Arc::new(ManualClock::new());
-        let kv = MemoryKv::new(clock.clone());
+        let kv = MemoryKv::new(clock.clone(), 100);
         assert!(kv.compare_and_set("k", None, "1", Duration::from_secs(10)));
         assert!(
             !kv.compare_and_set("k", None, "2", Duration::from_secs(10)),
@@ -318,5 +344,31 @@ mod tests {
         assert!(kv.compare_and_set("k", None, "3", Duration::from_secs(10)));
         kv.delete("k");
         assert_eq!(kv.get("k"), None);
+    }
+
+    #[test]
+    fn a_full_memory_store_keeps_tracking_new_keys_and_stays_bounded() {
+        let clock = Arc::new(ManualClock::new());
+        let kv = MemoryKv::new(clock, 1_000);
+        let ttl = Duration::from_secs(60);
+        assert!(kv.compare_and_set("tracked", None, "1", ttl));
+        for i in 0..20_000 {
+            assert!(kv.compare_and_set(&format!("flood:{i}"), None, "1", ttl));
+            if i % 100 == 0 {
+                // The tracked key is in use (updated), so it is never the least recent.
+                let current = kv.get("tracked").expect("still tracked");
+                let next = (current.parse::<u32>().expect("number") + 1).to_string();
+                assert!(kv.compare_and_set("tracked", Some(&current), &next, ttl));
+            }
+        }
+        assert!(kv.len() <= 1_000, "bounded: {} entries", kv.len());
+        // A key never seen before is stored (and so limited), not waved through.
+        assert!(kv.compare_and_set("newcomer", None, "1", ttl));
+        assert!(
+            !kv.compare_and_set("newcomer", None, "1", ttl),
+            "the newcomer's state was kept"
+        );
+        assert_eq!(kv.get("newcomer").as_deref(), Some("1"));
+        assert_eq!(kv.get("tracked").as_deref(), Some("201"));
     }
 }

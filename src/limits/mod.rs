@@ -13,22 +13,40 @@
 //!   in the last 30 days, so an attacker spraying the account from elsewhere slows himself
 //!   but never locks its owner out.
 
+//!
+//! An attempt is counted *before* its password is checked (a reservation) and given back if
+//! the password was right, so attempts in flight count against the budget: however many
+//! arrive at once, at most `failed_logins.count` of them reach the hasher before the wait
+//! starts. When the state cannot be updated (sustained contention on one key) the attempt is
+//! refused, never waved through.
+//!
+//! Clients are keyed by IPv4 address, or by their IPv6 network (`rate_limits.ipv6_prefix`,
+//! /64 by default: one subscriber's allocation is one budget); an IPv4-mapped IPv6 address is
+//! its IPv4 address.
+
 mod kv;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use governor::clock::Clock as _;
 use governor::middleware::NoOpMiddleware;
 use governor::nanos::Nanos;
-use governor::state::StateStore;
+use governor::state::{NotKeyed, StateStore};
 use governor::{Quota, RateLimiter};
 
 use crate::clock::{Clock, to_millis};
 use crate::config::{Config, Rate};
 
-pub(crate) use kv::Kv;
+use kv::{Kv, Redis};
+
+/// Limiter entries kept in memory per kind of state (client budgets; failed-login state): a
+/// bound on memory (~100 bytes an entry) that a flood of new keys cannot raise.
+pub const MEMORY_MAX_ENTRIES: u64 = 200_000;
+
+/// How many times an update of one key is retried against concurrent writers before the
+/// request is refused.
+const CAS_ATTEMPTS: usize = 16;
 
 /// The endpoints with a per-IP limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +61,8 @@ pub enum Action {
     Password,
     /// `POST /oauth/token`
     Token,
+    /// `PATCH /auth/me` (it answers whether a username is taken: limited like registration)
+    Profile,
 }
 
 impl Action {
@@ -54,96 +74,113 @@ impl Action {
             Action::Refresh => "refresh",
             Action::Password => "password",
             Action::Token => "token",
+            Action::Profile => "profile",
         }
     }
 }
 
-/// Governor measures time from the moment a limiter is made. This clock's first reading (taken
-/// by `RateLimiter::new`) is the Unix epoch and every later one is nanoseconds since it, so the
-/// state a limiter stores is absolute and means the same on every node sharing Redis.
+/// A governor clock that reads the injected clock as nanoseconds since the Unix epoch, and
+/// whose first reading (the limiter's start, taken by `RateLimiter::new`) is the epoch itself,
+/// so the state governor computes is absolute and means the same on every node.
 #[derive(Clone)]
 struct EpochClock {
-    clock: Arc<dyn Clock>,
-    started: Arc<AtomicBool>,
-}
-
-impl EpochClock {
-    fn new(clock: Arc<dyn Clock>) -> Self {
-        EpochClock {
-            clock,
-            started: Arc::new(AtomicBool::new(false)),
-        }
-    }
+    now: Nanos,
+    started: std::rc::Rc<std::cell::Cell<bool>>,
 }
 
 impl governor::clock::Clock for EpochClock {
     type Instant = Nanos;
 
     fn now(&self) -> Nanos {
-        if !self.started.swap(true, Ordering::SeqCst) {
-            return Nanos::from(0u64);
+        if self.started.replace(true) {
+            self.now
+        } else {
+            Nanos::from(0u64)
         }
-        let nanos = self.clock.now().unix_timestamp_nanos();
-        Nanos::from(u64::try_from(nanos).unwrap_or(0))
     }
 }
 
-/// Governor's state (the theoretical arrival time of the next cell) kept in the [`Kv`].
-struct KvState {
-    kv: Arc<Kv>,
-    prefix: String,
-    ttl: Duration,
+/// One decision's state: the value read from the store, and the value governor wants stored.
+struct Snapshot {
+    read: Option<Nanos>,
+    next: std::cell::Cell<Option<Nanos>>,
 }
 
-impl StateStore for KvState {
-    type Key = String;
+impl StateStore for Snapshot {
+    type Key = NotKeyed;
 
-    fn measure_and_replace<T, F, E>(&self, key: &String, f: F) -> Result<T, E>
+    fn measure_and_replace<T, F, E>(&self, _: &NotKeyed, f: F) -> Result<T, E>
     where
         F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
     {
-        let key = format!("{}{key}", self.prefix);
-        for _ in 0..8 {
-            let old = self.kv.get(&key);
-            let tat = old
-                .as_deref()
-                .and_then(|v| v.parse::<u64>().ok())
-                .map(Nanos::from);
-            let (outcome, next) = f(tat)?;
-            if self
-                .kv
-                .compare_and_set(&key, old.as_deref(), &next.as_u64().to_string(), self.ttl)
-            {
-                return Ok(outcome);
-            }
-        }
-        // Sustained contention on one key: decide on the last reading rather than spin.
-        let tat = self
-            .kv
-            .get(&key)
-            .and_then(|v| v.parse::<u64>().ok())
-            .map(Nanos::from);
-        f(tat).map(|(outcome, _)| outcome)
+        let (outcome, next) = f(self.read)?;
+        self.next.set(Some(next));
+        Ok(outcome)
     }
 }
 
-type Limiter = RateLimiter<String, KvState, EpochClock, NoOpMiddleware<Nanos>>;
+/// A GCRA budget (governor's algorithm) whose state lives in the [`Kv`] under one key per
+/// client: read, decide, compare-and-set, retried when another request got there first.
+struct Budget {
+    quota: Quota,
+    per_cell: Duration,
+    ttl: Duration,
+    prefix: String,
+}
 
-fn limiter(rate: Rate, prefix: String, kv: &Arc<Kv>, clock: &Arc<dyn Clock>) -> Limiter {
-    let per_cell = (rate.period / rate.count).max(Duration::from_nanos(1));
-    let burst = std::num::NonZeroU32::new(rate.count).unwrap_or(std::num::NonZeroU32::MIN);
-    let quota = Quota::with_period(per_cell)
-        .unwrap_or_else(|| Quota::per_second(std::num::NonZeroU32::MIN))
-        .allow_burst(burst);
-    RateLimiter::new(
-        quota,
-        KvState {
-            kv: kv.clone(),
-            prefix,
+impl Budget {
+    fn new(rate: Rate, prefix: String) -> Budget {
+        let per_cell = (rate.period / rate.count).max(Duration::from_nanos(1));
+        let burst = std::num::NonZeroU32::new(rate.count).unwrap_or(std::num::NonZeroU32::MIN);
+        let quota = Quota::with_period(per_cell)
+            .unwrap_or_else(|| Quota::per_second(std::num::NonZeroU32::MIN))
+            .allow_burst(burst);
+        Budget {
+            quota,
+            per_cell,
             ttl: rate.period + Duration::from_secs(1),
-        },
-        EpochClock::new(clock.clone()),
-    )
+            prefix,
+        }
+    }
+
+    /// Governor's decision on the state `read` at `now`: the state to store, or the wait.
+    fn decide(&self, read: Option<Nanos>, now: Nanos) -> Result<Nanos, RetryAfter> {
+        let snapshot = Snapshot {
+            read,
+            next: std::cell::Cell::new(None),
+        };
+        let clock = EpochClock {
+            now,
+            started: Default::default(),
+        };
+        let limiter: RateLimiter<NotKeyed, _, _, NoOpMiddleware<Nanos>> =
+            RateLimiter::new(self.quota, snapshot, clock);
+        match limiter.check() {
+            Ok(()) => {
+                let next = limiter.into_state_store().next.get();
+                next.ok_or(RetryAfter(self.per_cell))
+            }
+            Err(not_until) => Err(RetryAfter(not_until.wait_time_from(now))),
+        }
+    }
+
+    async fn take(&self, kv: &Kv, clock: &dyn Clock, client: &str) -> Result<(), RetryAfter> {
+        let key = format!("{}{client}", self.prefix);
+        for _ in 0..CAS_ATTEMPTS {
+            let now = Nanos::from(u64::try_from(clock.now().unix_timestamp_nanos()).unwrap_or(0));
+            let old = kv.get(&key).await;
+            let read = old.as_deref().and_then(|v| v.parse::<u64>().ok());
+            let next = self.decide(read.map(Nanos::from), now)?;
+            if kv
+                .compare_and_set(&key, old.as_deref(), &next.as_u64().to_string(), self.ttl)
+                .await
+            {
+                return Ok(());
+            }
+        }
+        // Sustained contention on one client's key: refuse rather than let it through.
+        Err(RetryAfter(self.per_cell))
+    }
 }
 
 /// Back-off state of failed logins for one key: `failures:first_failure_ms:next_allowed_ms`.
@@ -188,6 +225,14 @@ impl Backoff {
         }
         b
     }
+
+    /// The state with one counted failure given back.
+    fn without_one(self) -> Backoff {
+        Backoff {
+            failures: self.failures.saturating_sub(1),
+            ..self
+        }
+    }
 }
 
 /// How long an IP stays "known good" for an account after a successful login.
@@ -196,24 +241,32 @@ const KNOWN_GOOD_FOR: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Rate limits and brute-force defence for one server.
 pub struct Limits {
     enabled: bool,
-    kv: Arc<Kv>,
-    login: Limiter,
-    register: Limiter,
-    refresh: Limiter,
-    password: Limiter,
-    token: Limiter,
+    redis: Option<Arc<Redis>>,
+    /// Per-client budgets.
+    clients: Kv,
+    /// Failed-login back-off and known-good addresses: kept apart from the client budgets so
+    /// that a flood of new client addresses cannot push an account's state out of memory.
+    accounts: Kv,
+    login: Budget,
+    register: Budget,
+    refresh: Budget,
+    password: Budget,
+    token: Budget,
+    profile: Budget,
     failed_logins: Rate,
+    ipv6_prefix: u8,
     prefix: String,
     clock: Arc<dyn Clock>,
-    /// (action, ip) → when a denial was last audited, so a flood writes one row a minute.
-    audited: Mutex<std::collections::HashMap<String, i64>>,
+    /// (action, client) whose denial was audited in the last minute, so a flood writes one
+    /// row a minute.
+    audited: moka::sync::Cache<String, ()>,
 }
 
 impl std::fmt::Debug for Limits {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Limits")
             .field("enabled", &self.enabled)
-            .field("redis", &self.kv.is_remote())
+            .field("redis", &self.redis.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -229,189 +282,248 @@ impl RetryAfter {
     }
 }
 
+/// A login attempt counted against its account and (account, client) pair before the
+/// password is checked. [`Limits::login_succeeded`] gives it back; dropping it keeps it
+/// counted (a failure).
+#[derive(Debug)]
+#[must_use = "a reservation is given back on success with Limits::login_succeeded"]
+pub struct Attempt {
+    pair: Reserved,
+    account: Reserved,
+    good: String,
+}
+
+/// One key's reservation: the state before it and the state it wrote.
+#[derive(Debug)]
+struct Reserved {
+    key: String,
+    before: Option<Backoff>,
+    after: Backoff,
+}
+
 impl Limits {
     /// Builds the limiters; Redis is connected lazily (an unreachable Redis is not an error).
     pub fn new(config: &Config, clock: Arc<dyn Clock>) -> Result<Limits, String> {
-        let kv = Arc::new(Kv::new(config.redis_url.as_ref(), clock.clone())?);
+        Self::with_capacity(config, clock, MEMORY_MAX_ENTRIES)
+    }
+
+    fn with_capacity(
+        config: &Config,
+        clock: Arc<dyn Clock>,
+        capacity: u64,
+    ) -> Result<Limits, String> {
+        let redis = match config.redis_url.as_ref() {
+            None => None,
+            Some(url) => Some(Arc::new(
+                Redis::new(url).map_err(|e| format!("invalid redis_url: {:?}", e.kind()))?,
+            )),
+        };
         let r = &config.rate_limits;
         let p = &config.redis_key_prefix;
         Ok(Limits {
             enabled: r.enabled,
-            login: limiter(r.login, format!("{p}rl:login:"), &kv, &clock),
-            register: limiter(r.register, format!("{p}rl:register:"), &kv, &clock),
-            refresh: limiter(r.refresh, format!("{p}rl:refresh:"), &kv, &clock),
-            password: limiter(r.password, format!("{p}rl:password:"), &kv, &clock),
-            token: limiter(r.token, format!("{p}rl:token:"), &kv, &clock),
-            prefix: p.clone(),
+            clients: Kv::new(redis.clone(), clock.clone(), capacity),
+            accounts: Kv::new(redis.clone(), clock.clone(), capacity),
+            redis,
+            login: Budget::new(r.login, format!("{p}rl:login:")),
+            register: Budget::new(r.register, format!("{p}rl:register:")),
+            refresh: Budget::new(r.refresh, format!("{p}rl:refresh:")),
+            password: Budget::new(r.password, format!("{p}rl:password:")),
+            token: Budget::new(r.token, format!("{p}rl:token:")),
+            profile: Budget::new(r.register, format!("{p}rl:profile:")),
             failed_logins: r.failed_logins,
-            kv,
+            ipv6_prefix: r.ipv6_prefix,
+            prefix: p.clone(),
             clock,
-            audited: Mutex::new(std::collections::HashMap::new()),
+            audited: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(Duration::from_secs(60))
+                .build(),
         })
     }
 
-    /// Runs `work` where it may block: on the blocking pool when Redis is in use.
-    async fn run<T: Send + 'static>(
-        self: &Arc<Self>,
-        work: impl FnOnce(&Limits) -> T + Send + 'static,
-    ) -> T {
-        if self.kv.is_remote() {
-            let this = self.clone();
-            match tokio::task::spawn_blocking(move || work(&this)).await {
-                Ok(v) => v,
-                Err(e) => std::panic::resume_unwind(e.into_panic()),
-            }
-        } else {
-            work(self)
-        }
-    }
-
-    fn limiter(&self, action: Action) -> &Limiter {
+    fn budget(&self, action: Action) -> &Budget {
         match action {
             Action::Login => &self.login,
             Action::Register => &self.register,
             Action::Refresh => &self.refresh,
             Action::Password => &self.password,
             Action::Token => &self.token,
+            Action::Profile => &self.profile,
         }
     }
 
-    /// Takes one request of `action` from `ip`'s budget.
-    pub async fn check_ip(
-        self: &Arc<Self>,
-        action: Action,
-        ip: Option<&str>,
-    ) -> Result<(), RetryAfter> {
+    /// The key a client's budgets are kept under: its IPv4 address, or its IPv6 network of
+    /// `rate_limits.ipv6_prefix` bits (an IPv4-mapped IPv6 address is the IPv4 address).
+    pub fn client_key(&self, ip: Option<&str>) -> String {
+        client_key(ip, self.ipv6_prefix)
+    }
+
+    /// Takes one request of `action` from the client's budget.
+    pub async fn check_ip(&self, action: Action, ip: Option<&str>) -> Result<(), RetryAfter> {
         if !self.enabled {
             return Ok(());
         }
-        let key = ip.unwrap_or("unknown").to_owned();
-        self.run(move |this| {
-            let limiter = this.limiter(action);
-            limiter
-                .check_key(&key)
-                .map_err(|not_until| RetryAfter(not_until.wait_time_from(limiter.clock().now())))
-        })
-        .await
+        let client = self.client_key(ip);
+        self.budget(action)
+            .take(&self.clients, &*self.clock, &client)
+            .await
     }
 
-    /// Whether a login to `account` from `ip` must wait (checked before the password).
-    pub async fn check_login(
-        self: &Arc<Self>,
+    /// Reserves one login attempt on `account` (the account's id, or the canonical form of an
+    /// identifier that names no account) from `ip`, before its password is checked: refused
+    /// while the pair, or the account from an address not known good for it, is in back-off.
+    pub async fn begin_login(
+        &self,
         account: &str,
         ip: Option<&str>,
-    ) -> Result<(), RetryAfter> {
+    ) -> Result<Option<Attempt>, RetryAfter> {
         if !self.enabled {
-            return Ok(());
+            return Ok(None);
         }
-        let (pair, acct, good) = keys(&self.prefix, account, ip);
-        self.run(move |this| {
-            let now = to_millis(this.clock.now());
-            let wait = |key: &str| {
-                this.kv
-                    .get(key)
-                    .as_deref()
-                    .and_then(Backoff::parse)
-                    .map(|b| b.next_ms - now)
-                    .filter(|ms| *ms > 0)
-            };
-            let waited =
-                wait(&pair).or_else(|| wait(&acct).filter(|_| this.kv.get(&good).is_none()));
-            match waited {
-                Some(ms) => Err(RetryAfter(Duration::from_millis(
-                    u64::try_from(ms).unwrap_or(0),
-                ))),
-                None => Ok(()),
+        let client = self.client_key(ip);
+        let p = &self.prefix;
+        let good = format!("{p}fl:good:{account}:{client}");
+        let known_good = self.accounts.get(&good).await.is_some();
+        let pair_key = format!("{p}fl:pair:{account}:{client}");
+        let account = self
+            .reserve(format!("{p}fl:acct:{account}"), !known_good)
+            .await?;
+        let pair = match self.reserve(pair_key, true).await {
+            Ok(pair) => pair,
+            Err(wait) => {
+                self.give_back(&account).await;
+                return Err(wait);
             }
-        })
-        .await
+        };
+        Ok(Some(Attempt {
+            pair,
+            account,
+            good,
+        }))
     }
 
-    /// Counts a failed login against the account and the pair.
-    pub async fn login_failed(self: &Arc<Self>, account: &str, ip: Option<&str>) {
-        if !self.enabled {
-            return;
-        }
-        let (pair, acct, _) = keys(&self.prefix, account, ip);
-        self.run(move |this| {
-            this.bump(&pair);
-            this.bump(&acct);
-        })
-        .await;
+    /// The password was right: the attempt is given back, the pair's back-off cleared, and
+    /// the address remembered as the account owner's.
+    pub async fn login_succeeded(&self, attempt: Option<Attempt>) {
+        let Some(attempt) = attempt else { return };
+        self.give_back(&attempt.account).await;
+        self.accounts.delete(&attempt.pair.key).await;
+        let old = self.accounts.get(&attempt.good).await;
+        self.accounts
+            .compare_and_set(&attempt.good, old.as_deref(), "1", KNOWN_GOOD_FOR)
+            .await;
     }
 
-    /// Clears the pair's back-off and remembers the IP as the owner's.
-    pub async fn login_succeeded(self: &Arc<Self>, account: &str, ip: Option<&str>) {
-        if !self.enabled {
-            return;
-        }
-        let (pair, _, good) = keys(&self.prefix, account, ip);
-        self.run(move |this| {
-            this.kv.delete(&pair);
-            let old = this.kv.get(&good);
-            this.kv
-                .compare_and_set(&good, old.as_deref(), "1", KNOWN_GOOD_FOR);
-        })
-        .await;
+    /// The attempt never tested a password (the hasher was busy, the database failed): it is
+    /// given back whole.
+    pub async fn login_abandoned(&self, attempt: Option<Attempt>) {
+        let Some(attempt) = attempt else { return };
+        self.give_back(&attempt.account).await;
+        self.give_back(&attempt.pair).await;
     }
 
-    fn bump(&self, key: &str) {
+    /// Counts one attempt on `key` unless it is in back-off (`honour_wait`).
+    async fn reserve(&self, key: String, honour_wait: bool) -> Result<Reserved, RetryAfter> {
         let rate = self.failed_logins;
-        let ttl = rate.period * 2;
-        for _ in 0..8 {
+        for _ in 0..CAS_ATTEMPTS {
             let now = to_millis(self.clock.now());
-            let old = self.kv.get(key);
-            let state = old.as_deref().and_then(Backoff::parse).unwrap_or_default();
-            let next = state.after_failure(now, rate).render();
-            if self.kv.compare_and_set(key, old.as_deref(), &next, ttl) {
+            let old = self.accounts.get(&key).await;
+            let before = old.as_deref().and_then(Backoff::parse);
+            let state = before.unwrap_or_default();
+            if honour_wait && state.next_ms > now {
+                let ms = u64::try_from(state.next_ms - now).unwrap_or(0);
+                return Err(RetryAfter(Duration::from_millis(ms)));
+            }
+            let after = state.after_failure(now, rate);
+            if self
+                .accounts
+                .compare_and_set(&key, old.as_deref(), &after.render(), rate.period * 2)
+                .await
+            {
+                return Ok(Reserved { key, before, after });
+            }
+        }
+        Err(RetryAfter(Duration::from_secs(1)))
+    }
+
+    /// Undoes a reservation: the state before it if nothing has changed since, otherwise one
+    /// failure fewer (a wait set meanwhile by others stands).
+    async fn give_back(&self, r: &Reserved) {
+        for _ in 0..CAS_ATTEMPTS {
+            let old = self.accounts.get(&r.key).await;
+            let Some(current) = old.as_deref().and_then(Backoff::parse) else {
+                return;
+            };
+            let done = if current == r.after {
+                match r.before {
+                    Some(before) => {
+                        self.accounts
+                            .compare_and_set(
+                                &r.key,
+                                old.as_deref(),
+                                &before.render(),
+                                self.failed_logins.period * 2,
+                            )
+                            .await
+                    }
+                    None => {
+                        self.accounts.delete(&r.key).await;
+                        true
+                    }
+                }
+            } else {
+                self.accounts
+                    .compare_and_set(
+                        &r.key,
+                        old.as_deref(),
+                        &current.without_one().render(),
+                        self.failed_logins.period * 2,
+                    )
+                    .await
+            };
+            if done {
                 return;
             }
         }
     }
 
     /// Whether a denial of `action` from `ip` should be written to the audit log now (at most
-    /// once a minute per pair, so a flood does not become a flood of writes).
+    /// once a minute per client and action, so a flood does not become a flood of writes).
     pub fn should_audit(&self, action: Action, ip: Option<&str>) -> bool {
-        let now = to_millis(self.clock.now());
-        let key = format!("{}:{}", action.name(), ip.unwrap_or("unknown"));
-        let mut seen = self.audited.lock().unwrap_or_else(|e| e.into_inner());
-        if seen.len() > 10_000 {
-            seen.retain(|_, at| now - *at < 60_000);
-        }
-        match seen.get(&key) {
-            Some(at) if now - *at < 60_000 => false,
-            _ => {
-                seen.insert(key, now);
-                true
-            }
-        }
+        let key = format!("{}:{}", action.name(), self.client_key(ip));
+        self.audited.entry(key).or_insert(()).is_fresh()
     }
 
     /// Redis configured but failing: limits are per node for now.
     pub fn degraded(&self) -> bool {
-        self.kv.degraded()
+        kv::redis_degraded(self.redis.as_deref())
     }
 
-    /// `Some(reachable)` when Redis is configured. Blocks briefly: call off the runtime.
-    pub async fn check_redis(self: &Arc<Self>) -> Option<bool> {
-        self.run(|this| this.kv.check_redis()).await
+    /// `Some(reachable)` when Redis is configured (waits at most Redis's timeout).
+    pub async fn check_redis(&self) -> Option<bool> {
+        kv::check_redis(self.redis.as_deref()).await
     }
 
     /// Drops expired in-memory state.
     pub fn sweep(&self) {
-        self.kv.sweep();
+        self.clients.sweep();
+        self.accounts.sweep();
     }
 }
 
-/// Keys for (account, IP), account, and "IP known good for account". The account is the
-/// normalised login (email or username) as typed, so unknown accounts are treated alike.
-fn keys(prefix: &str, account: &str, ip: Option<&str>) -> (String, String, String) {
-    let ip = ip.unwrap_or("unknown");
-    (
-        format!("{prefix}fl:pair:{account}:{ip}"),
-        format!("{prefix}fl:acct:{account}"),
-        format!("{prefix}fl:good:{account}:{ip}"),
-    )
+/// See [`Limits::client_key`]. An absent or unparsable address is one shared client.
+pub(crate) fn client_key(ip: Option<&str>, ipv6_prefix: u8) -> String {
+    let Some(ip) = ip.and_then(|ip| ip.parse::<IpAddr>().ok()) else {
+        return "unknown".to_owned();
+    };
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => match ipnet::Ipv6Net::new(v6, ipv6_prefix) {
+            Ok(net) => net.trunc().to_string(),
+            Err(_) => v6.to_string(),
+        },
+    }
 }
 
 #[cfg(test)]
@@ -448,6 +560,94 @@ mod tests {
             "a new period starts over"
         );
         assert_eq!(Backoff::parse(&b.render()), Some(b));
+    }
+
+    #[test]
+    fn clients_are_keyed_by_ipv4_address_or_ipv6_network() {
+        assert_eq!(client_key(Some("192.0.2.7"), 64), "192.0.2.7");
+        assert_eq!(client_key(Some("::ffff:192.0.2.7"), 64), "192.0.2.7");
+        assert_eq!(
+            client_key(Some("2001:db8:1:2:aaaa::1"), 64),
+            client_key(Some("2001:db8:1:2:ffff:1:2:3"), 64),
+            "one /64, one budget"
+        );
+        assert_eq!(
+            client_key(Some("2001:db8:1:2:aaaa::1"), 64),
+            "2001:db8:1:2::/64"
+        );
+        assert_ne!(
+            client_key(Some("2001:db8:1:2::1"), 64),
+            client_key(Some("2001:db8:1:3::1"), 64)
+        );
+        assert_eq!(client_key(Some("2001:db8:1:2::1"), 48), "2001:db8:1::/48");
+        assert_eq!(client_key(Some("2001:db8::1"), 128), "2001:db8::1/128");
+        assert_eq!(client_key(None, 64), "unknown");
+        assert_eq!(client_key(Some("garbage"), 64), "unknown");
+    }
+
+    fn make(extra: &str, capacity: u64) -> (Arc<crate::clock::ManualClock>, Limits) {
+        let clock = Arc::new(crate::clock::ManualClock::new());
+        let config = Config::from_toml(&format!("database_url = \"sqlite::memory:\"\n{extra}"))
+            .expect("config");
+        let limits = Limits::with_capacity(&config, clock.clone(), capacity).expect("limits");
+        (clock, limits)
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_new_clients_neither_unlimits_newcomers_nor_frees_a_tracked_account() {
+        let (_clock, limits) = make(
+            "rate_limits.login = \"2/1m\"\nrate_limits.failed_logins = \"2/15m\"",
+            1_000,
+        );
+        // An account in back-off.
+        for _ in 0..2 {
+            let attempt = limits.begin_login("acct-1", Some("198.51.100.1")).await;
+            drop(attempt.expect("allowed"));
+        }
+        assert!(
+            limits
+                .begin_login("acct-1", Some("198.51.100.2"))
+                .await
+                .is_err()
+        );
+        // Ten times the bound of distinct clients, each taking from its budget.
+        for i in 0..10_000u32 {
+            let ip = std::net::Ipv4Addr::from(0x0a00_0000 + i).to_string();
+            assert!(limits.check_ip(Action::Login, Some(&ip)).await.is_ok());
+        }
+        assert!(limits.clients.memory().len() <= 1_000, "bounded");
+        // A new client is tracked and limited as ever.
+        let newcomer = Some("203.0.113.50");
+        assert!(limits.check_ip(Action::Login, newcomer).await.is_ok());
+        assert!(limits.check_ip(Action::Login, newcomer).await.is_ok());
+        assert!(limits.check_ip(Action::Login, newcomer).await.is_err());
+        // The account is still in back-off.
+        assert!(
+            limits
+                .begin_login("acct-1", Some("198.51.100.3"))
+                .await
+                .is_err()
+        );
+    }
+
+    #[tokio::test]
+    async fn attempts_in_flight_count_and_a_success_gives_its_attempt_back() {
+        let (_clock, limits) = make("rate_limits.failed_logins = \"3/15m\"", 1_000);
+        let ip = Some("198.51.100.1");
+        // Three reservations held at once (passwords still being checked): the fourth waits.
+        let a = limits.begin_login("acct", ip).await.expect("1");
+        let b = limits.begin_login("acct", ip).await.expect("2");
+        let c = limits.begin_login("acct", ip).await.expect("3");
+        assert!(limits.begin_login("acct", ip).await.is_err(), "4th refused");
+        // One of them was right: the pair is cleared and the account gets its attempt back.
+        limits.login_succeeded(c).await;
+        drop((a, b));
+        assert!(limits.begin_login("acct", ip).await.is_ok());
+        // An abandoned attempt (hasher busy) is given back whole.
+        let (_clock, limits) = make("rate_limits.failed_logins = \"1/15m\"", 1_000);
+        let a = limits.begin_login("acct", ip).await.expect("1");
+        limits.login_abandoned(a).await;
+        assert!(limits.begin_login("acct", ip).await.is_ok());
     }
 
     #[test]

@@ -434,3 +434,114 @@ async fn a_body_sent_too_slowly_gets_503() {
     assert!(response.starts_with("HTTP/1.1 503"), "{response}");
     assert!(response.contains("\"unavailable\""), "{response}");
 }
+
+#[tokio::test]
+async fn concurrent_wrong_passwords_reach_the_hasher_at_most_the_allowed_number_of_times() {
+    let Some(app) = TestApp::spawn_with(
+        "trusted_proxies = \"127.0.0.1\"\nrate_limits.login = \"1000/1m\"\nrate_limits.failed_logins = \"5/15m\"",
+    )
+    .await
+    else {
+        return;
+    };
+    app.register("ada@example.com").await;
+    app.post(
+        "/auth/register",
+        &json!({"email": "bob@example.com", "username": "bob", "password": PASSWORD}),
+    )
+    .await;
+    // 64 attempts at once, by email and by username of one account, from 64 addresses: every
+    // one that got 401 had its password hashed; the rest were refused before any work.
+    let attempts = (0..64).map(|i| {
+        let login = if i % 2 == 0 {
+            "ada@example.com"
+        } else {
+            "ADA@example.com"
+        };
+        let ip = format!("198.51.100.{i}");
+        let app = &app;
+        async move {
+            login_from(app, &ip, login, "wrong password!")
+                .await
+                .status()
+        }
+    });
+    let statuses = join_all(attempts).await;
+    let hashed = statuses.iter().filter(|s| s.as_u16() == 401).count();
+    let refused = statuses.iter().filter(|s| s.as_u16() == 429).count();
+    assert_eq!(hashed + refused, 64, "{statuses:?}");
+    assert!(hashed <= 5, "{hashed} passwords checked, the budget is 5");
+    assert!(hashed >= 1);
+
+    // Email and username of one account share one budget.
+    let bob = (0..6).map(|i| {
+        let login = if i % 2 == 0 { "bob" } else { "bob@example.com" };
+        let ip = format!("203.0.113.{i}");
+        let app = &app;
+        async move {
+            login_from(app, &ip, login, "wrong password!")
+                .await
+                .status()
+        }
+    });
+    let mut statuses = Vec::new();
+    for attempt in bob {
+        statuses.push(attempt.await.as_u16());
+    }
+    assert_eq!(statuses, [401, 401, 401, 401, 401, 429]);
+}
+
+#[tokio::test]
+async fn ipv6_clients_share_one_budget_per_network_prefix() {
+    let Some(app) = TestApp::spawn_with(
+        "trusted_proxies = \"127.0.0.1\"\nrate_limits.login = \"2/1m\"\nrate_limits.ipv6_prefix = 64",
+    )
+    .await
+    else {
+        return;
+    };
+    app.register("ada@example.com").await;
+    for ip in ["2001:db8:1:2::1", "2001:db8:1:2:ffff::9"] {
+        let r = login_from(&app, ip, "ada@example.com", PASSWORD).await;
+        assert_eq!(r.status(), 200, "{ip}");
+    }
+    // A third address of the same /64 is the same client.
+    let r = login_from(&app, "2001:db8:1:2:abcd::42", "ada@example.com", PASSWORD).await;
+    assert_error(r, 429, "rate_limited").await;
+    // Another /64 has its own budget; an IPv4-mapped address is its IPv4 address.
+    let r = login_from(&app, "2001:db8:1:3::1", "ada@example.com", PASSWORD).await;
+    assert_eq!(r.status(), 200);
+    for _ in 0..2 {
+        let r = login_from(&app, "192.0.2.1", "ada@example.com", PASSWORD).await;
+        assert_eq!(r.status(), 200);
+    }
+    let r = login_from(&app, "::ffff:192.0.2.1", "ada@example.com", PASSWORD).await;
+    assert_error(r, 429, "rate_limited").await;
+}
+
+#[tokio::test]
+async fn setting_a_username_is_limited_like_registration() {
+    let Some(app) = TestApp::spawn_with("rate_limits.register = \"2/1m\"").await else {
+        return;
+    };
+    let t = app.user("ada@example.com").await;
+    let patch = |body: Value| {
+        app.client
+            .patch(app.url("/auth/me"))
+            .bearer_auth(&t.access)
+            .json(&body)
+            .send()
+    };
+    // Probing for taken usernames is a registration-like enumeration: two, then 429.
+    for name in ["taken_one", "taken_two"] {
+        assert_eq!(
+            patch(json!({"username": name})).await.unwrap().status(),
+            200
+        );
+    }
+    let r = patch(json!({"username": "taken_three"})).await.unwrap();
+    assert_error(r, 429, "rate_limited").await;
+    // The display name is no oracle and stays free to change.
+    let r = patch(json!({"name": "Ada"})).await.unwrap();
+    assert_eq!(r.status(), 200);
+}
