@@ -2,7 +2,7 @@
 
 mod suite;
 
-pub(crate) use suite::helpers;
+pub(crate) use suite::{helpers, proxy};
 
 /// The backend this target runs the suite on.
 pub(crate) const BACKEND: helpers::Backend = helpers::Backend::Sqlite;

@@ -4,61 +4,10 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinSet;
+use tokio::net::TcpListener;
 
 use crate::helpers::{TestApp, TestDb};
-
-/// A TCP forwarder to `upstream` that can be cut (every connection closed, nothing accepted)
-/// and restored on the same port.
-struct Proxy {
-    addr: SocketAddr,
-    upstream: SocketAddr,
-    tasks: Option<JoinSet<()>>,
-}
-
-impl Proxy {
-    async fn start(upstream: SocketAddr) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let mut proxy = Proxy {
-            addr,
-            upstream,
-            tasks: None,
-        };
-        proxy.serve(listener);
-        proxy
-    }
-
-    fn serve(&mut self, listener: TcpListener) {
-        let upstream = self.upstream;
-        let mut tasks = JoinSet::new();
-        tasks.spawn(async move {
-            let mut conns = JoinSet::new();
-            while let Ok((mut client, _)) = listener.accept().await {
-                conns.spawn(async move {
-                    if let Ok(mut server) = TcpStream::connect(upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                    }
-                });
-            }
-        });
-        self.tasks = Some(tasks);
-    }
-
-    /// Closes the listener and every forwarded connection.
-    fn cut(&mut self) {
-        // Dropping the set aborts the accept loop, which drops (and so closes) every connection.
-        self.tasks = None;
-    }
-
-    async fn restore(&mut self) {
-        let listener = TcpListener::bind(self.addr)
-            .await
-            .expect("rebind the proxy port");
-        self.serve(listener);
-    }
-}
+use crate::proxy::Proxy;
 
 /// `postgres://user@host:port/db?…` → (host:port, the URL with `to` as host and port).
 fn via(url: &str, to: SocketAddr) -> (SocketAddr, String) {

@@ -11,6 +11,7 @@ mod families;
 mod logout;
 mod nodes;
 mod operations;
+pub(crate) mod proxy;
 mod redis;
 mod refresh;
 mod sessions;
