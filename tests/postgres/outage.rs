@@ -104,8 +104,7 @@ async fn requests_get_503_while_the_database_is_unreachable_and_recover_by_thems
 
 #[tokio::test]
 async fn a_database_on_a_closed_port_fails_start_up_with_a_clear_error() {
-    if std::env::var("KEYGATE_TEST_DATABASE_URL").is_err() {
-        eprintln!("skipped: set KEYGATE_TEST_DATABASE_URL to run the PostgreSQL suite");
+    if crate::helpers::service_url(crate::helpers::DATABASE_VAR, "the PostgreSQL suite").is_none() {
         return;
     }
     let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -14,10 +14,37 @@ pub(crate) const PASSWORD: &str = "correct horse battery staple";
 
 /// Which database the suite runs on (set by the test target).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[expect(dead_code, reason = "each test target constructs only its own backend")]
 pub(crate) enum Backend {
     Sqlite,
     Postgres,
+}
+
+/// The variable naming the PostgreSQL database the `postgres` target runs on.
+pub(crate) const DATABASE_VAR: &str = "KEYGATE_TEST_DATABASE_URL";
+/// The variable naming the Redis the shared-limit tests run on.
+pub(crate) const REDIS_VAR: &str = "KEYGATE_TEST_REDIS_URL";
+
+/// Whether this run is CI: `CI` set to anything but empty, `0` or `false` (CI systems set
+/// `CI=true`; `.ci/run` does too).
+pub(crate) fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !matches!(v.trim(), "" | "0" | "false" | "FALSE" | "False"))
+}
+
+/// The URL of a test service from `var`. Without it a test is skipped (`None`, after saying
+/// so) — except in CI, where it fails: a green CI run means every test ran.
+/// `services_available` reports how many tests a run skipped.
+pub(crate) fn service_url(var: &str, what: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(url) if !url.trim().is_empty() => Some(url),
+        _ => {
+            assert!(
+                !in_ci(),
+                "CI is set but {var} is not: {what} must run in CI, not be skipped"
+            );
+            eprintln!("skipped: set {var} to run {what}");
+            None
+        }
+    }
 }
 
 /// A test's own database: a SQLite file in a temporary directory, or a fresh PostgreSQL
@@ -37,17 +64,14 @@ impl TestDb {
     }
 
     /// A fresh database for the suite's backend; `None` (after saying so) when the backend is
-    /// PostgreSQL and `KEYGATE_TEST_DATABASE_URL` is not set.
+    /// PostgreSQL and `KEYGATE_TEST_DATABASE_URL` is not set, outside CI (see [`service_url`]).
     pub(crate) async fn fresh() -> Option<TestDb> {
         match crate::BACKEND {
             Backend::Sqlite => Some(TestDb::Sqlite(Arc::new(
                 tempfile::tempdir().expect("temp dir"),
             ))),
             Backend::Postgres => {
-                let Ok(base) = std::env::var("KEYGATE_TEST_DATABASE_URL") else {
-                    eprintln!("skipped: set KEYGATE_TEST_DATABASE_URL to run the PostgreSQL suite");
-                    return None;
-                };
+                let base = service_url(DATABASE_VAR, "the PostgreSQL suite")?;
                 Some(TestDb::Postgres {
                     url: fresh_schema(&base).await,
                 })

@@ -14,6 +14,7 @@ mod operations;
 pub(crate) mod proxy;
 mod redis;
 mod refresh;
+mod services;
 mod sessions;
 mod store;
 mod tokens;
