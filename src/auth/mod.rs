@@ -174,6 +174,7 @@ impl Auth {
         store: Store,
         clock: Arc<dyn Clock>,
     ) -> Result<Auth, StartupError> {
+        let store = store.with_clock(clock.clone());
         let keys = load_key_ring(&config, &store, clock.now()).await?;
         let hasher = Hasher::build(&config.password).await?;
         let limits = Arc::new(Limits::new(&config, clock.clone()).map_err(StartupError::Limits)?);

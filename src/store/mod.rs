@@ -13,6 +13,9 @@ mod purge;
 mod sessions;
 mod users;
 
+#[cfg(test)]
+mod tests;
+
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -206,6 +209,16 @@ impl Store {
             },
             cache: Default::default(),
         })
+    }
+
+    /// This store with its read cache timed by `clock` (the server's clock, so that tests
+    /// cross [`CACHE_TTL`] by advancing it). Starts with an empty cache: call it before
+    /// cloning the store.
+    pub fn with_clock(self, clock: std::sync::Arc<dyn crate::clock::Clock>) -> Store {
+        Store {
+            backend: self.backend,
+            cache: std::sync::Arc::new(cache::ReadCache::new(clock)),
+        }
     }
 
     /// Applies pending migrations (embedded in the binary).

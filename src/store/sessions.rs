@@ -214,6 +214,7 @@ impl Store {
         if let Some(live) = self.cache.session_live(id, user_id, now) {
             return Ok(live);
         }
+        let seen = self.cache.session_epoch();
         let found: Option<Option<i64>> = on_pool!(self, read, |pool| {
             sqlx::query_scalar(
                 "select expires_at from sessions where id = $1 and user_id = $2 \
@@ -225,10 +226,12 @@ impl Store {
             .fetch_optional(pool)
             .await?
         })?;
+        #[cfg(test)]
+        self.cache.hold.pass().await;
         match found {
             Some(expires_at) => {
                 self.cache
-                    .remember_live(id, user_id, expires_at.map(from_millis));
+                    .remember_live(seen, id, user_id, expires_at.map(from_millis));
                 Ok(true)
             }
             None => Ok(false),

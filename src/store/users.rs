@@ -141,6 +141,7 @@ impl Store {
         if let Some(user) = self.cache.user(id) {
             return Ok(Some(user));
         }
+        let seen = self.cache.user_epoch();
         let sql = format!("select {USER_COLUMNS} from users where id = $1");
         let row: Option<UserRow> = on_pool!(self, read, |pool| {
             sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
@@ -149,8 +150,10 @@ impl Store {
                 .await?
         })?;
         let user = row.map(UserRecord::try_from).transpose()?;
+        #[cfg(test)]
+        self.cache.hold.pass().await;
         if let Some(u) = &user {
-            self.cache.remember_user(u);
+            self.cache.remember_user(seen, u);
         }
         Ok(user)
     }

@@ -51,7 +51,7 @@ async fn requests_get_503_while_the_database_is_unreachable_and_recover_by_thems
 
     proxy.cut();
     // Answers cached for at most CACHE_TTL may still be served; after that the database is asked.
-    tokio::time::sleep(keygate::store::CACHE_TTL + Duration::from_millis(100)).await;
+    app.clock.advance(keygate::store::CACHE_TTL);
     for path in ["/auth/me", "/readyz"] {
         let started = Instant::now();
         let r = app.get_auth(path, &t.access).await;

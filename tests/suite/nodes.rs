@@ -1,10 +1,12 @@
 //! Several Keygate nodes on one database: one truth.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use keygate::App;
 use keygate::clock::ManualClock;
+use keygate::store::CACHE_TTL;
 use keygate_verify::Verifier;
 use serde_json::json;
 
@@ -21,7 +23,7 @@ async fn a_token_rotated_on_one_node_and_replayed_on_another_after_the_grace_win
     // Inside the window node B hands out the same successor node A made.
     let again = tokens(b.refresh(&first.refresh).await.json().await.unwrap());
     assert_eq!(again.refresh, second.refresh);
-    a.clock.advance(std::time::Duration::from_secs(11));
+    a.clock.advance(Duration::from_secs(11));
     assert_eq!(b.refresh(&first.refresh).await.status(), 401);
     assert_eq!(
         a.refresh(&second.refresh).await.status(),
@@ -32,7 +34,7 @@ async fn a_token_rotated_on_one_node_and_replayed_on_another_after_the_grace_win
 }
 
 #[tokio::test]
-async fn a_logout_on_one_node_stops_the_access_token_on_the_other_within_a_second() {
+async fn a_logout_on_one_node_stops_the_access_token_on_the_other_once_the_cache_expires() {
     let Some(a) = TestApp::spawn().await else {
         return;
     };
@@ -47,20 +49,19 @@ async fn a_logout_on_one_node_stops_the_access_token_on_the_other_within_a_secon
         .await
         .unwrap();
     assert_eq!(r.status(), 204);
-    // Node B caches a live session for at most CACHE_TTL (500 ms): within one second it refuses.
-    assert!(refused_within_a_second(&b, &t.access).await);
+    // Node B answers from its cache, on the servers' clock, for CACHE_TTL at most.
+    assert_eq!(b.me_status(&t.access).await, 200, "B's cached answer");
+    a.clock.advance(CACHE_TTL - Duration::from_millis(1));
+    assert_eq!(b.me_status(&t.access).await, 200, "still inside CACHE_TTL");
+    a.clock.advance(Duration::from_millis(1));
+    assert!(refused_promptly(&b, &t.access).await);
 }
 
-/// Polls `/auth/me` until it answers 401; whether that happened within one second.
-async fn refused_within_a_second(node: &TestApp, access: &str) -> bool {
-    let started = std::time::Instant::now();
-    while started.elapsed() < std::time::Duration::from_secs(1) {
-        if node.me_status(access).await == 401 {
-            return true;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    false
+/// Whether `/auth/me` answers 401 within a loose end-to-end bound of wall-clock time.
+async fn refused_promptly(node: &TestApp, access: &str) -> bool {
+    let started = Instant::now();
+    let status = node.me_status(access).await;
+    status == 401 && started.elapsed() < Duration::from_secs(5)
 }
 
 #[tokio::test]
@@ -79,7 +80,8 @@ async fn a_session_revoked_on_one_node_is_refused_by_the_other() {
         .await
         .unwrap();
     assert_eq!(r.status(), 204);
-    assert!(refused_within_a_second(&b, &phone.access).await);
+    a.clock.advance(CACHE_TTL);
+    assert!(refused_promptly(&b, &phone.access).await);
     assert_eq!(
         b.refresh(&phone.refresh).await.status(),
         401,
