@@ -16,6 +16,10 @@ use crate::store::{AuditQuery, AuditRecord, SessionRecord, UserChange, UserRecor
 /// The role that may use the admin API.
 pub const ADMIN_ROLE: &str = "admin";
 
+/// Why an administrator's change that would leave no active administrator is refused.
+pub(super) const LAST_ADMINISTRATOR: &str =
+    "This is the last active administrator; make another one first";
+
 /// Who asks for an administrative change.
 #[derive(Debug, Clone, Copy)]
 pub enum Actor<'a> {
@@ -75,6 +79,24 @@ fn decode_cursor(cursor: &str) -> Result<String, AuthError> {
     let id = String::from_utf8(bytes).map_err(|_| invalid())?;
     uuid::Uuid::try_parse(&id).map_err(|_| invalid())?;
     Ok(id)
+}
+
+/// Through the API an administrator cannot remove their own admin role, disable or delete
+/// themselves.
+fn refuse_self_removal(actor: Actor<'_>, target: UserId) -> Result<(), AuthError> {
+    if actor.user_id() == Some(target) {
+        return Err(AuthError::Forbidden(
+            "You cannot remove your own admin role, disable or delete yourself; ask another administrator",
+        ));
+    }
+    Ok(())
+}
+
+/// The role a change by `actor` must leave held by an active user: the admin role through the
+/// API, none for an operator (who can always repair an installation from the CLI). The store
+/// decides it in the write itself, so concurrent changes cannot remove every administrator.
+fn keep_admin(actor: Actor<'_>) -> Option<&'static str> {
+    matches!(actor, Actor::Admin(_)).then_some(ADMIN_ROLE)
 }
 
 fn field_error(field: &'static str, message: String) -> AuthError {
@@ -190,9 +212,8 @@ impl Auth {
                 r.iter().any(|r| r == ADMIN_ROLE)
             });
         let stays_active = patch.is_active.unwrap_or(user.is_active);
-        let was_admin = user.is_active && user.roles.iter().any(|r| r == ADMIN_ROLE);
-        if was_admin && !(keeps_admin && stays_active) {
-            self.guard_admin_removal(actor, user.id).await?;
+        if !(keeps_admin && stays_active) {
+            refuse_self_removal(actor, user.id)?;
         }
         let change = UserChange {
             roles,
@@ -203,7 +224,7 @@ impl Auth {
         let now = self.now();
         let updated = self
             .store
-            .update_user(user.id, &change, now)
+            .update_user(user.id, &change, now, keep_admin(actor))
             .await?
             .ok_or(AuthError::NotFound)?;
         let by = actor.user_id();
@@ -220,27 +241,6 @@ impl Auth {
         Ok(updated)
     }
 
-    /// Refuses to remove the last active administrator, or (through the API) oneself.
-    async fn guard_admin_removal(&self, actor: Actor<'_>, target: UserId) -> Result<(), AuthError> {
-        if actor.user_id() == Some(target) {
-            return Err(AuthError::Forbidden(
-                "You cannot remove your own admin role, disable or delete yourself; ask another administrator",
-            ));
-        }
-        if matches!(actor, Actor::Admin(_))
-            && self
-                .store
-                .count_active_with_role(ADMIN_ROLE, Some(target))
-                .await?
-                == 0
-        {
-            return Err(AuthError::Forbidden(
-                "This is the last active administrator; make another one first",
-            ));
-        }
-        Ok(())
-    }
-
     /// Deletes a user: their sessions end and their data is removed (audit events stay).
     pub async fn delete_user(
         &self,
@@ -249,10 +249,8 @@ impl Auth {
         client: &ClientInfo,
     ) -> Result<(), AuthError> {
         let user = self.get_user(id).await?;
-        if user.is_active && user.roles.iter().any(|r| r == ADMIN_ROLE) {
-            self.guard_admin_removal(actor, user.id).await?;
-        }
-        if !self.store.delete_user(user.id).await? {
+        refuse_self_removal(actor, user.id)?;
+        if !self.store.delete_user(user.id, keep_admin(actor)).await? {
             return Err(AuthError::NotFound);
         }
         self.emit(Event {

@@ -90,6 +90,7 @@ impl From<StoreError> for AuthError {
         match e {
             StoreError::Conflict(what) => AuthError::Conflict(what),
             StoreError::Unavailable(_) => AuthError::Unavailable,
+            StoreError::LastHolder => AuthError::Forbidden(admin::LAST_ADMINISTRATOR),
             other => AuthError::Internal(error_chain(&other)),
         }
     }

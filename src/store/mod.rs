@@ -52,6 +52,10 @@ pub enum StoreError {
     /// A row holds something this version cannot read.
     #[error("corrupt row in {0}")]
     Corrupt(&'static str),
+    /// The write would have left no active user holding the role it had to keep; nothing
+    /// changed.
+    #[error("the last active holder of the role")]
+    LastHolder,
 }
 
 impl From<sqlx::Error> for StoreError {

@@ -107,6 +107,30 @@ impl TryFrom<UserRow> for UserRecord {
     }
 }
 
+/// Locks every active holder of a role (`$1`, a [`role_pattern`]) until the transaction ends,
+/// in one order (no deadlock between two such writes). PostgreSQL only: under READ COMMITTED
+/// two writes that each check "someone else still holds the role" would otherwise both pass;
+/// after this lock the second one's next statement sees the first one's outcome. SQLite needs
+/// none: a writing statement reads under the database's single write lock.
+const LOCK_HOLDERS: &str =
+    "select id from users where is_active = true and roles like $1 order by id for update";
+
+/// "Another active user holds the role": the condition of a guarded write, on `$1` (the
+/// target's id) and `pattern`, the placeholder of the [`role_pattern`].
+fn other_holder(pattern: &str) -> String {
+    format!(
+        "exists (select 1 from users o \
+         where o.id <> $1 and o.is_active = true and o.roles like {pattern})"
+    )
+}
+
+/// The `like` pattern matching a JSON list of names that holds `role`. Names are validated
+/// (no quotes: [`crate::domain::parse_names`]), so the quoted name matches one whole element;
+/// `role` itself must hold no `%` or `_` (the admin role does not).
+fn role_pattern(role: &str) -> String {
+    format!("%\"{role}\"%")
+}
+
 impl Store {
     /// Inserts a user; [`StoreError::Conflict`] names the taken column.
     pub async fn insert_user(
@@ -290,12 +314,19 @@ impl Store {
         Ok(self.find_credentials(login).await?.map(|(u, _)| u))
     }
 
-    /// Applies an administrator's change; `None` fields are left alone.
+    /// Applies an administrator's change; `None` fields are left alone. Returns `None` when
+    /// the user does not exist.
+    ///
+    /// With `keep_role`, the change is made only if afterwards some active user still holds
+    /// that role (this one or another); otherwise [`StoreError::LastHolder`] and nothing
+    /// changed. The rule is decided inside the write (see [`LOCK_HOLDERS`]), so two
+    /// concurrent changes cannot each count on the other's target.
     pub async fn update_user(
         &self,
         id: UserId,
         change: &UserChange,
         now: OffsetDateTime,
+        keep_role: Option<&str>,
     ) -> Result<Option<UserRecord>, StoreError> {
         self.cache.forget_user(id);
         let sql = format!(
@@ -305,10 +336,24 @@ impl Store {
                is_active = case when $6 then $7 else is_active end, \
                name = case when $8 then $9 else name end, \
                updated_at = $10 \
-             where id = $1 returning {USER_COLUMNS}"
+             where id = $1 and ($11 = '' \
+               or ((case when $6 then $7 else is_active end) = true \
+                   and (case when $2 then $3 else roles end) like $11) \
+               or {other}) \
+             returning {USER_COLUMNS}",
+            other = other_holder("$11")
         );
-        let row: Option<UserRow> = on_pool!(self, write, |pool| {
-            sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
+        let pattern = keep_role.map(role_pattern).unwrap_or_default();
+        let lock = self.batcher().is_none() && !pattern.is_empty();
+        let (row, refused): (Option<UserRow>, bool) = on_pool!(self, write, |pool| {
+            let mut tx = pool.begin().await?;
+            if lock {
+                sqlx::query(LOCK_HOLDERS)
+                    .bind(&pattern)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let row: Option<UserRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
                 .bind(id.to_string())
                 .bind(change.roles.is_some())
                 .bind(change.roles.as_deref().map(to_json_list))
@@ -319,48 +364,73 @@ impl Store {
                 .bind(change.name.is_some())
                 .bind(change.name.clone().flatten())
                 .bind(to_millis(now))
-                .fetch_optional(pool)
-                .await?
+                .bind(&pattern)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let refused = row.is_none()
+                && !pattern.is_empty()
+                && sqlx::query_scalar::<_, i64>("select count(*) from users where id = $1")
+                    .bind(id.to_string())
+                    .fetch_one(&mut *tx)
+                    .await?
+                    > 0;
+            tx.commit().await?;
+            (row, refused)
         })?;
         self.cache.forget_user(id);
+        if refused {
+            return Err(StoreError::LastHolder);
+        }
         row.map(UserRecord::try_from).transpose()
     }
 
-    /// Deletes a user and, by cascade, their sessions. Audit events stay.
-    pub async fn delete_user(&self, id: UserId) -> Result<bool, StoreError> {
+    /// Deletes a user and, by cascade, their sessions. Audit events stay. Returns whether the
+    /// user existed. `keep_role` as for [`Store::update_user`].
+    pub async fn delete_user(
+        &self,
+        id: UserId,
+        keep_role: Option<&str>,
+    ) -> Result<bool, StoreError> {
         self.cache.forget_user(id);
         self.cache.forget_all_sessions();
-        let done = on_pool!(self, write, |pool| {
-            sqlx::query("delete from users where id = $1")
+        let sql = format!(
+            "delete from users where id = $1 and ($2 = '' \
+               or not (is_active = true and roles like $2) or {other})",
+            other = other_holder("$2")
+        );
+        let pattern = keep_role.map(role_pattern).unwrap_or_default();
+        let lock = self.batcher().is_none() && !pattern.is_empty();
+        let (deleted, refused) = on_pool!(self, write, |pool| {
+            let mut tx = pool.begin().await?;
+            if lock {
+                sqlx::query(LOCK_HOLDERS)
+                    .bind(&pattern)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let deleted = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
                 .bind(id.to_string())
-                .execute(pool)
+                .bind(&pattern)
+                .execute(&mut *tx)
                 .await?
                 .rows_affected()
+                == 1;
+            let refused = !deleted
+                && !pattern.is_empty()
+                && sqlx::query_scalar::<_, i64>("select count(*) from users where id = $1")
+                    .bind(id.to_string())
+                    .fetch_one(&mut *tx)
+                    .await?
+                    > 0;
+            tx.commit().await?;
+            (deleted, refused)
         })?;
         self.cache.forget_user(id);
         self.cache.forget_all_sessions();
-        Ok(done == 1)
-    }
-
-    /// Active users holding `role`, other than `except`.
-    pub async fn count_active_with_role(
-        &self,
-        role: &str,
-        except: Option<UserId>,
-    ) -> Result<i64, StoreError> {
-        // Roles are a JSON array of validated names (no quotes inside), so the quoted name
-        // matches exactly one element.
-        let pattern = format!("%\"{role}\"%");
-        let n: i64 = on_pool!(self, read, |pool| {
-            sqlx::query_scalar(
-                "select count(*) from users where is_active = true and roles like $1 and id <> $2",
-            )
-            .bind(&pattern)
-            .bind(except.map(|e| e.to_string()).unwrap_or_default())
-            .fetch_one(pool)
-            .await?
-        })?;
-        Ok(n)
+        if refused {
+            return Err(StoreError::LastHolder);
+        }
+        Ok(deleted)
     }
 
     /// Inserts a user with an existing password hash unless the email is taken.

@@ -564,3 +564,82 @@ async fn the_audit_log_filters_pages_and_never_holds_a_secret() {
     // The signature part of an access token alone must not appear either.
     assert!(!everything.contains(first.access.rsplit('.').next().unwrap()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_administrators_removing_each_other_at_once_always_leave_one() {
+    let Some(app) = TestApp::spawn_with(admin_app_config()).await else {
+        return;
+    };
+    let app = std::sync::Arc::new(app);
+    let operator = keygate::auth::Actor::Operator;
+    let removals: [(&str, Option<Value>); 4] = [
+        ("PATCH", Some(json!({"roles": []}))),
+        ("PATCH", Some(json!({"is_active": false}))),
+        ("DELETE", None),
+        (
+            "PATCH",
+            Some(json!({"roles": ["support"], "is_active": false})),
+        ),
+    ];
+    for round in 0..24 {
+        // Two administrators, and no other.
+        for user in active_admins(&app).await {
+            let change = keygate::auth::UserPatch {
+                roles: Some(vec![]),
+                ..Default::default()
+            };
+            let id = user.id.to_string();
+            let client = ClientInfo::default();
+            app.state
+                .auth
+                .update_user(operator, &id, change, &client)
+                .await
+                .expect("operator demotes");
+        }
+        let a = make_user(&app, &format!("a{round}@example.com"), &["admin"]).await;
+        let b = make_user(&app, &format!("b{round}@example.com"), &["admin"]).await;
+        let (method, body) = removals[round % removals.len()].clone();
+        let attack = |by: Tokens, target: Tokens| {
+            let app = app.clone();
+            let body = body.clone();
+            tokio::spawn(async move {
+                let id = claims_of(&target.access)["sub"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned();
+                send(
+                    &app,
+                    method,
+                    &format!("/admin/users/{id}"),
+                    &by.access,
+                    body,
+                )
+                .await
+                .status()
+            })
+        };
+        let (x, y) = tokio::join!(attack(a.clone(), b.clone()), attack(b, a));
+        let statuses = [x.unwrap(), y.unwrap()];
+        let left = active_admins(&app).await;
+        assert_eq!(left.len(), 1, "round {round} ({method}): {statuses:?}");
+        assert_eq!(
+            statuses.iter().filter(|s| s.is_success()).count(),
+            1,
+            "round {round}: {statuses:?}"
+        );
+    }
+}
+
+async fn active_admins(app: &TestApp) -> Vec<keygate::store::UserRecord> {
+    let page = app
+        .state
+        .auth
+        .list_users(None, Some(200), None)
+        .await
+        .expect("list");
+    assert!(page.next_cursor.is_none());
+    page.items
+        .into_iter()
+        .filter(|u| u.is_active && u.roles.iter().any(|r| r == "admin"))
+        .collect()
+}
