@@ -6,6 +6,9 @@
 //! handed to one task that runs everything queued at that moment in a single
 //! `BEGIN IMMEDIATE … COMMIT`: the same statements with the same per-statement results (a
 //! rotation still learns from its own row count whether it won), one fsync for the lot.
+//! Each operation runs between a savepoint and its release, so it commits all or nothing
+//! whatever the others do, and its caller gets its own outcome; a batch whose transaction is
+//! lost fails as a whole (see [`commit`]).
 //! PostgreSQL groups concurrent commits by itself and does not use this.
 
 use std::time::Duration;
@@ -163,6 +166,9 @@ enum Op {
         audit: Option<AuditRow>,
     },
     Audit(AuditRow),
+    /// A statement of a test's choosing (to inject a failure into a batch).
+    #[cfg(test)]
+    Raw(&'static str),
 }
 
 /// What an operation did.
@@ -303,11 +309,21 @@ async fn run_op(conn: &mut SqliteConnection, op: &Op) -> Result<Done, sqlx::Erro
                 .await?
                 .rows_affected(),
         )),
+        #[cfg(test)]
+        Op::Raw(sql) => Ok(Done::rows(
+            sqlx::query(sqlx::AssertSqlSafe(*sql))
+                .execute(&mut *conn)
+                .await?
+                .rows_affected(),
+        )),
     }
 }
 
-/// Runs the batch in one transaction. Each statement keeps its own outcome; if the commit
-/// fails, every statement fails with it.
+/// Runs the batch in one transaction, each operation all or nothing: an operation that fails
+/// is rolled back to its savepoint (its caller gets the error; the others' work commits), and
+/// the others keep their own outcome. If the transaction itself is lost (the commit fails, or
+/// SQLite rolled it back after an error, so that a later statement would run in autocommit),
+/// nothing of the batch is kept and every operation fails.
 async fn commit(conn: &mut SqliteConnection, batch: &[Job]) -> Vec<Result<Done, sqlx::Error>> {
     let mut began = sqlx::query("begin immediate").execute(&mut *conn).await;
     // Another writer holds the lock past the busy timeout: try a few more times.
@@ -320,23 +336,177 @@ async fn commit(conn: &mut SqliteConnection, batch: &[Job]) -> Vec<Result<Done, 
     }
     if let Err(e) = began {
         tracing::warn!(error = %e, "group commit could not begin a transaction");
-        // Reported as an unavailable database: the callers answer 503 with Retry-After.
-        return batch
-            .iter()
-            .map(|_| Err(sqlx::Error::PoolTimedOut))
-            .collect();
+        return all_failed(batch);
     }
     let mut results = Vec::with_capacity(batch.len());
     for job in batch {
-        results.push(run_op(conn, &job.op).await);
+        match isolated(conn, &job.op).await {
+            Ok(result) => results.push(result),
+            Err(e) => {
+                tracing::warn!(error = %e, "group commit lost its transaction");
+                let _ = sqlx::query("rollback").execute(&mut *conn).await;
+                return all_failed(batch);
+            }
+        }
     }
     if let Err(e) = sqlx::query("commit").execute(&mut *conn).await {
         tracing::warn!(error = %e, "group commit failed");
         let _ = sqlx::query("rollback").execute(&mut *conn).await;
-        return batch
-            .iter()
-            .map(|_| Err(sqlx::Error::PoolTimedOut))
-            .collect();
+        return all_failed(batch);
     }
     results
+}
+
+/// Runs one operation between a savepoint and its release. The outer `Err` means the batch's
+/// transaction is gone or unusable (a savepoint statement failed: "no such savepoint" when
+/// SQLite ended the transaction); the inner result is the operation's own, its statements
+/// undone when it is an error.
+async fn isolated(
+    conn: &mut SqliteConnection,
+    op: &Op,
+) -> Result<Result<Done, sqlx::Error>, sqlx::Error> {
+    sqlx::query("savepoint op").execute(&mut *conn).await?;
+    let result = run_op(conn, op).await;
+    if result.is_err() {
+        sqlx::query("rollback to op").execute(&mut *conn).await?;
+    }
+    sqlx::query("release op").execute(&mut *conn).await?;
+    Ok(result)
+}
+
+/// Every operation of a batch that did not commit. Reported as an unavailable database: the
+/// callers answer 503 with Retry-After.
+fn all_failed(batch: &[Job]) -> Vec<Result<Done, sqlx::Error>> {
+    batch
+        .iter()
+        .map(|_| Err(sqlx::Error::PoolTimedOut))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::str::FromStr as _;
+
+    use time::OffsetDateTime;
+
+    use super::*;
+    use crate::store::tests::{new_session, store, url, user_with_session};
+    use crate::store::{NewAuditEvent, Store};
+
+    fn audit_of(session: &NewSession, at: i64) -> AuditRow {
+        AuditRow::new(
+            &NewAuditEvent {
+                event: "login",
+                user_id: Some(session.user_id),
+                session_id: Some(session.id),
+                ip: None,
+                user_agent: None,
+                success: true,
+                reason: None,
+            },
+            at,
+        )
+    }
+
+    fn open(session: &NewSession, now_ms: i64, audit: AuditRow) -> Op {
+        Op::Open {
+            session: session.clone(),
+            now_ms,
+            keep: 100,
+            audit: Some(audit),
+        }
+    }
+
+    /// Runs `ops` as one batch on a connection of its own, as the task does.
+    async fn batch(dir: &tempfile::TempDir, ops: Vec<Op>) -> Vec<Result<Done, sqlx::Error>> {
+        let options = SqliteConnectOptions::from_str(&url(dir)).expect("url");
+        let mut conn = SqliteConnection::connect_with(&options)
+            .await
+            .expect("connect");
+        let jobs: Vec<Job> = ops
+            .into_iter()
+            .map(|op| Job {
+                op,
+                reply: oneshot::channel().0,
+            })
+            .collect();
+        commit(&mut conn, &jobs).await
+    }
+
+    async fn exists(store: &Store, session: &NewSession) -> bool {
+        store
+            .find_session(session.id)
+            .await
+            .expect("read")
+            .is_some()
+    }
+
+    #[tokio::test]
+    async fn an_operation_that_fails_half_way_leaves_nothing_and_the_others_commit() {
+        let (store, dir) = store().await;
+        let now = OffsetDateTime::now_utc();
+        let now_ms = to_millis(now);
+        let (user, _) = user_with_session(&store, now).await;
+        let (a, b, c) = (
+            new_session(user.id, now),
+            new_session(user.id, now),
+            new_session(user.id, now),
+        );
+        let taken = audit_of(&a, now_ms);
+        let first = batch(&dir, vec![Op::Audit(taken.clone())]).await;
+        assert!(first[0].is_ok());
+        // `b`'s session insert succeeds, then its audit row collides with an existing id.
+        let results = batch(
+            &dir,
+            vec![
+                open(&a, now_ms, audit_of(&a, now_ms)),
+                open(&b, now_ms, taken),
+                open(&c, now_ms, audit_of(&c, now_ms)),
+            ],
+        )
+        .await;
+        assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
+        assert!(
+            results[1].is_err(),
+            "the caller learns its operation failed"
+        );
+        assert!(exists(&store, &a).await && exists(&store, &c).await);
+        assert!(
+            !exists(&store, &b).await,
+            "the failed operation's first statement was committed"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_batch_that_loses_its_transaction_keeps_nothing_and_runs_nothing_in_autocommit() {
+        let (store, dir) = store().await;
+        let now = OffsetDateTime::now_utc();
+        let now_ms = to_millis(now);
+        let (user, _) = user_with_session(&store, now).await;
+        let (a, c, d) = (
+            new_session(user.id, now),
+            new_session(user.id, now),
+            new_session(user.id, now),
+        );
+        // The second operation ends the transaction, as SQLite does after some errors.
+        let results = batch(
+            &dir,
+            vec![
+                open(&a, now_ms, audit_of(&a, now_ms)),
+                Op::Raw("rollback"),
+                open(&c, now_ms, audit_of(&c, now_ms)),
+            ],
+        )
+        .await;
+        assert!(results.iter().all(Result::is_err), "{results:?}");
+        assert!(!exists(&store, &a).await, "rolled back with the batch");
+        assert!(
+            !exists(&store, &c).await,
+            "ran in autocommit after the batch was lost"
+        );
+        // The next batch starts clean.
+        let results = batch(&dir, vec![open(&d, now_ms, audit_of(&d, now_ms))]).await;
+        assert!(results[0].is_ok());
+        assert!(exists(&store, &d).await);
+    }
 }

@@ -9,11 +9,16 @@ use crate::clock::ManualClock;
 use crate::domain::{Email, SessionId};
 use crate::token::RefreshHash;
 
+/// The URL of the database of [`store`] in `dir`.
+pub(super) fn url(dir: &tempfile::TempDir) -> String {
+    format!("sqlite://{}", dir.path().join("keygate.db").display())
+}
+
 /// A migrated SQLite store in a temporary directory, timed by a clock that does not move (so
 /// no cache entry expires by itself during a test).
-async fn store() -> (Store, tempfile::TempDir) {
+pub(super) async fn store() -> (Store, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("temporary directory");
-    let url = format!("sqlite://{}", dir.path().join("keygate.db").display());
+    let url = url(&dir);
     let config = Config::from_toml(&format!("database_url = \"{url}\"")).expect("config");
     let store = Store::connect(&config)
         .await
@@ -23,7 +28,10 @@ async fn store() -> (Store, tempfile::TempDir) {
     (store, dir)
 }
 
-async fn user_with_session(store: &Store, now: OffsetDateTime) -> (UserRecord, SessionId) {
+pub(super) async fn user_with_session(
+    store: &Store,
+    now: OffsetDateTime,
+) -> (UserRecord, SessionId) {
     let user = store
         .insert_user(
             NewUser {
@@ -38,18 +46,22 @@ async fn user_with_session(store: &Store, now: OffsetDateTime) -> (UserRecord, S
         )
         .await
         .expect("user");
-    let id = SessionId::new();
-    let session = NewSession {
-        id,
-        user_id: user.id,
+    let session = new_session(user.id, now);
+    store.insert_session(&session, now).await.expect("session");
+    (user, session.id)
+}
+
+/// A new session of `user`, not stored.
+pub(super) fn new_session(user: crate::domain::UserId, now: OffsetDateTime) -> NewSession {
+    NewSession {
+        id: SessionId::new(),
+        user_id: user,
         refresh_hash: RefreshHash([7; 32]),
         refresh_expires_at: now + time::Duration::days(1),
         expires_at: None,
         user_agent: None,
         ip: None,
-    };
-    store.insert_session(&session, now).await.expect("session");
-    (user, id)
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
