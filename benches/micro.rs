@@ -132,6 +132,7 @@ fn rotation(c: &mut Criterion) {
                     expires_at: None,
                     user_agent: None,
                     ip: None,
+                    credentials_version: 0,
                 },
                 now,
             )

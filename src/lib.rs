@@ -14,6 +14,8 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod domain;
+#[cfg(test)]
+mod hold;
 pub mod http;
 pub mod limits;
 pub mod password;

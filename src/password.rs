@@ -42,6 +42,9 @@ pub struct Hasher {
     waiting: Arc<AtomicUsize>,
     max_waiting: usize,
     dummy_hash: String,
+    /// Lets a unit test hold a password check after its hash, before its answer.
+    #[cfg(test)]
+    pub(crate) hold: crate::hold::HoldPoint,
 }
 
 /// Counts a request waiting for a hashing permit; uncounts it however the wait ends.
@@ -88,6 +91,8 @@ impl Hasher {
             waiting: Arc::new(AtomicUsize::new(0)),
             max_waiting: cfg.max_queued_hashes,
             dummy_hash,
+            #[cfg(test)]
+            hold: Default::default(),
         })
     }
 
@@ -128,6 +133,8 @@ impl Hasher {
                 verify_in_place(&argon, password.expose().as_bytes(), &hash)
             })
             .await?;
+        #[cfg(test)]
+        self.hold.pass().await;
         Ok(exists && matched)
     }
 

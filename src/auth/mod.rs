@@ -10,6 +10,9 @@ mod events;
 mod import;
 mod sessions;
 
+#[cfg(test)]
+mod tests;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;

@@ -10,7 +10,7 @@ use super::events::Event;
 use super::{Auth, AuthError, FieldErrors, TokenProblem};
 use crate::domain::{ClientInfo, FieldError, Password, SessionId, UserId};
 use crate::limits::Action;
-use crate::store::{NewSession, Rotation, SessionRecord, UserRecord};
+use crate::store::{NewSession, Rotation, SessionRecord, StoreError, StoredHash, UserRecord};
 use crate::token::{AccessGrant, RefreshToken};
 
 /// An authenticated caller: a verified access token whose session is live.
@@ -129,14 +129,14 @@ impl Auth {
         if ok {
             self.limits.login_succeeded(attempt).await;
             if let Some((user, hash)) = &found {
-                self.upgrade_hash(user, hash.phc(), &password).await;
+                self.upgrade_hash(user, hash, &password).await;
             }
         } else {
             // A wrong password: the reservation stays counted.
             drop(attempt);
         }
-        let user = match found {
-            Some((user, _)) if ok => user,
+        let (user, hash) = match found {
+            Some((user, hash)) if ok => (user, hash),
             Some((user, _)) => {
                 self.emit(Event::failure("login_failed", &client, "wrong_password").user(user.id))
                     .await;
@@ -154,34 +154,40 @@ impl Auth {
                 .await;
             return Err(AuthError::AccountDisabled);
         }
-        self.open_session(&user, &client).await
+        self.open_session(&user, hash.version(), &client).await
     }
 
     /// Replaces an imported or outdated hash by argon2id with the current parameters, now
     /// that the password is known to be right. Failure is logged: the login still succeeds.
-    async fn upgrade_hash(&self, user: &UserRecord, stored: &str, password: &Password) {
-        if !self.hasher.needs_rehash(stored) {
+    /// The upgrade replaces `stored` only: a password changed meanwhile stays.
+    async fn upgrade_hash(&self, user: &UserRecord, stored: &StoredHash, password: &Password) {
+        if !self.hasher.needs_rehash(stored.phc()) {
             return;
         }
         let result = match self.hasher.hash(password).await {
             Ok(hash) => self
                 .store
-                .set_password_hash(user.id, &hash, self.now())
+                .upgrade_password_hash(user.id, stored, &hash)
                 .await
                 .map_err(|e| super::error_chain(&e)),
             Err(e) => Err(e.to_string()),
         };
         match result {
-            Ok(_) => tracing::info!(user_id = %user.id, "password hash upgraded to argon2id"),
+            Ok(false) => {
+                tracing::info!(user_id = %user.id, "password changed before its hash upgrade")
+            }
+            Ok(true) => tracing::info!(user_id = %user.id, "password hash upgraded to argon2id"),
             Err(e) => {
                 tracing::warn!(user_id = %user.id, error = %e, "password hash upgrade failed")
             }
         }
     }
 
+    /// Opens a session for `user`, whose password was checked under `credentials_version`.
     async fn open_session(
         &self,
         user: &UserRecord,
+        credentials_version: i64,
         client: &ClientInfo,
     ) -> Result<TokenPair, AuthError> {
         let now = self.now();
@@ -201,15 +207,35 @@ impl Auth {
             expires_at,
             user_agent: client.user_agent.clone(),
             ip: self.session_ip(client.ip.as_deref()),
+            credentials_version,
         };
-        self.store
+        let opened = self
+            .store
             .open_session(
                 &session,
                 self.config.max_sessions_per_user,
                 now,
                 Some(&super::events::row(&event)),
             )
-            .await?;
+            .await;
+        if let Err(StoreError::CredentialsChanged) = opened {
+            // Disabled, or given a new password, while this login checked the old one: it
+            // fails as it would have a moment later, and no session is opened.
+            let disabled = !self
+                .store
+                .find_user(user.id)
+                .await?
+                .is_some_and(|u| u.is_active);
+            let (reason, error) = if disabled {
+                ("account_disabled", AuthError::AccountDisabled)
+            } else {
+                ("credentials_changed", AuthError::InvalidCredentials)
+            };
+            self.emit(Event::failure("login_failed", client, reason).user(user.id))
+                .await;
+            return Err(error);
+        }
+        opened?;
         super::events::log(&event);
         self.token_pair(user, session_id, refresh, refresh_expires_at, now)
     }

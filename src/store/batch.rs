@@ -52,9 +52,22 @@ where
         .bind(to_millis(r.refresh_expires_at))
 }
 
+/// Inserts a session only if its user is active and still at the credentials version its
+/// login read (`$9`): a login that checked a password just before a password change or a
+/// disable inserts nothing. On PostgreSQL `for share` makes the check wait for such a change
+/// in progress and see its outcome, and makes a change wait for this insert's commit (so the
+/// revocation that follows the change sees the session). SQLite has one writer at a time,
+/// and no such clause.
 const INSERT_SESSION_SQL: &str = "insert into sessions (id, user_id, refresh_hash, \
      generation, refresh_expires_at, expires_at, created_at, last_active_at, user_agent, ip) \
-     values ($1, $2, $3, 0, $4, $5, $6, $6, $7, $8)";
+     select $1, $2, $3, 0, $4, $5, $6, $6, $7, $8 where exists (select 1 from users \
+     where id = $2 and is_active = true and credentials_version = $9 for share)";
+
+/// [`INSERT_SESSION_SQL`] for SQLite.
+const INSERT_SESSION_SQLITE: &str = "insert into sessions (id, user_id, refresh_hash, \
+     generation, refresh_expires_at, expires_at, created_at, last_active_at, user_agent, ip) \
+     select $1, $2, $3, 0, $4, $5, $6, $6, $7, $8 where exists (select 1 from users \
+     where id = $2 and is_active = true and credentials_version = $9)";
 
 /// Ends the user's live sessions beyond the `$3` most recently active; returns their ids.
 const TRIM_SESSIONS_SQL: &str = "update sessions set revoked_at = $2, \
@@ -76,7 +89,12 @@ where
     Option<i64>: for<'t> Encode<'t, DB> + Type<DB>,
     Vec<u8>: for<'t> Encode<'t, DB> + Type<DB>,
 {
-    sqlx::query(INSERT_SESSION_SQL)
+    let sql = if DB::NAME == <sqlx::Sqlite as Database>::NAME {
+        INSERT_SESSION_SQLITE
+    } else {
+        INSERT_SESSION_SQL
+    };
+    sqlx::query(sql)
         .bind(s.id.to_string())
         .bind(s.user_id.to_string())
         .bind(s.refresh_hash.0.to_vec())
@@ -85,6 +103,7 @@ where
         .bind(now_ms)
         .bind(s.user_agent.clone())
         .bind(s.ip.clone())
+        .bind(s.credentials_version)
 }
 
 /// The session-limit trim with its arguments, for either backend.
@@ -230,21 +249,23 @@ impl Batcher {
     }
 
     /// Inserts `session`, ends its user's live sessions beyond the newest `keep` (it counts)
-    /// and appends `audit`; returns the ids of the sessions it ended.
+    /// and appends `audit`; returns the ids of the sessions it ended, or `None` (and does
+    /// nothing) when the user's credentials changed since the login read them.
     pub(super) async fn open(
         &self,
         session: NewSession,
         now_ms: i64,
         keep: u32,
         audit: Option<AuditRow>,
-    ) -> Result<Vec<String>, sqlx::Error> {
+    ) -> Result<Option<Vec<String>>, sqlx::Error> {
         let op = Op::Open {
             session,
             now_ms,
             keep,
             audit,
         };
-        Ok(self.submit(op).await?.ended)
+        let done = self.submit(op).await?;
+        Ok((done.rows == 1).then_some(done.ended))
     }
 
     /// Appends an audit row.
@@ -290,9 +311,13 @@ async fn run_op(conn: &mut SqliteConnection, op: &Op) -> Result<Done, sqlx::Erro
             keep,
             audit,
         } => {
-            insert_session_query::<sqlx::Sqlite>(session, *now_ms)
+            let inserted = insert_session_query::<sqlx::Sqlite>(session, *now_ms)
                 .execute(&mut *conn)
-                .await?;
+                .await?
+                .rows_affected();
+            if inserted == 0 {
+                return Ok(Done::rows(0));
+            }
             let ended = trim_sessions_query::<sqlx::Sqlite>(session.user_id, *keep, *now_ms)
                 .fetch_all(&mut *conn)
                 .await?;

@@ -79,7 +79,7 @@ pub(super) struct ReadCache {
     users: Mutex<Entries<UserId, (UserRecord, OffsetDateTime)>>,
     /// Lets a unit test stop a read between its query and its insert.
     #[cfg(test)]
-    pub(super) hold: tests::HoldPoint,
+    pub(super) hold: crate::hold::HoldPoint,
 }
 
 impl std::fmt::Debug for ReadCache {
@@ -194,43 +194,9 @@ impl ReadCache {
 }
 
 #[cfg(test)]
-pub(super) mod tests {
-    use std::sync::atomic::{AtomicBool, Ordering};
-
-    use tokio::sync::{Mutex as AsyncMutex, MutexGuard, Notify};
-
+mod tests {
     use super::*;
     use crate::clock::ManualClock;
-
-    /// A place in a read, between its query and its cache insert, where a test can hold it.
-    #[derive(Debug, Default)]
-    pub(in crate::store) struct HoldPoint {
-        armed: AtomicBool,
-        reached: Notify,
-        gate: AsyncMutex<()>,
-    }
-
-    impl HoldPoint {
-        /// Called by the read: waits while a test holds the gate.
-        pub(in crate::store) async fn pass(&self) {
-            if self.armed.swap(false, Ordering::SeqCst) {
-                self.reached.notify_one();
-                drop(self.gate.lock().await);
-            }
-        }
-
-        /// Arms the hold point: the next read stops there until the guard is dropped.
-        pub(in crate::store) async fn arm(&self) -> MutexGuard<'_, ()> {
-            let guard = self.gate.lock().await;
-            self.armed.store(true, Ordering::SeqCst);
-            guard
-        }
-
-        /// Waits until a read stopped at the hold point.
-        pub(in crate::store) async fn reached(&self) {
-            self.reached.notified().await;
-        }
-    }
 
     #[test]
     fn an_entry_expires_after_the_ttl_on_the_injected_clock() {

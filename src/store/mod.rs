@@ -56,6 +56,10 @@ pub enum StoreError {
     /// changed.
     #[error("the last active holder of the role")]
     LastHolder,
+    /// The user was disabled or got a new password since their credentials were read: the
+    /// session was not opened.
+    #[error("the user's credentials changed")]
+    CredentialsChanged,
 }
 
 impl From<sqlx::Error> for StoreError {

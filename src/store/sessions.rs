@@ -74,6 +74,9 @@ pub struct NewSession {
     pub user_agent: Option<String>,
     /// Client IP.
     pub ip: Option<String>,
+    /// The user's credentials version its login read with the password hash
+    /// ([`super::StoredHash::version`]): the session is opened only if it is still current.
+    pub credentials_version: i64,
 }
 
 /// One rotation: from generation `from_generation` to the next.
@@ -140,25 +143,30 @@ impl TryFrom<SessionRow> for SessionRecord {
 }
 
 impl Store {
-    /// Creates a session.
+    /// Creates a session ([`StoreError::CredentialsChanged`] as for [`Store::open_session`]).
     pub async fn insert_session(
         &self,
         s: &NewSession,
         now: OffsetDateTime,
     ) -> Result<(), StoreError> {
         let now_ms = to_millis(now);
-        on_pool!(self, write, |pool| {
+        let inserted = on_pool!(self, write, |pool| {
             insert_session_query(s, now_ms)
                 .execute(pool)
-                .await
-                .map(|_| ())?
+                .await?
+                .rows_affected()
         })?;
+        if inserted == 0 {
+            return Err(StoreError::CredentialsChanged);
+        }
         Ok(())
     }
 
     /// Opens a session at login, in one transaction: inserts `s`, ends the user's least
     /// recently used live sessions beyond the newest `keep` (`s` counts) and appends `audit`.
-    /// On SQLite it goes through the group-commit task. Returns how many sessions it ended.
+    /// On SQLite it goes through the group-commit task. Returns how many sessions it ended;
+    /// [`StoreError::CredentialsChanged`] (nothing done) when the user was disabled or got a
+    /// new password since the login read `s.credentials_version`.
     pub async fn open_session(
         &self,
         s: &NewSession,
@@ -172,17 +180,25 @@ impl Store {
             Some(batcher) => batcher.open(s.clone(), now_ms, keep, audit).await?,
             None => on_pool!(self, write, |pool| {
                 let mut tx = pool.begin().await?;
-                insert_session_query(s, now_ms).execute(&mut *tx).await?;
-                let ended = trim_sessions_query(s.user_id, keep, now_ms)
-                    .fetch_all(&mut *tx)
-                    .await?;
-                if let Some(row) = &audit {
-                    audit_query(row.clone()).execute(&mut *tx).await?;
+                let inserted = insert_session_query(s, now_ms)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if inserted == 0 {
+                    None
+                } else {
+                    let ended = trim_sessions_query(s.user_id, keep, now_ms)
+                        .fetch_all(&mut *tx)
+                        .await?;
+                    if let Some(row) = &audit {
+                        audit_query(row.clone()).execute(&mut *tx).await?;
+                    }
+                    tx.commit().await?;
+                    Some(ended)
                 }
-                tx.commit().await?;
-                ended
             })?,
         };
+        let ended = ended.ok_or(StoreError::CredentialsChanged)?;
         // Only the sessions that ended leave the cache: the other sessions' answers hold.
         for id in &ended {
             if let Some(id) = SessionId::parse(id) {

@@ -61,6 +61,7 @@ pub(super) fn new_session(user: crate::domain::UserId, now: OffsetDateTime) -> N
         expires_at: None,
         user_agent: None,
         ip: None,
+        credentials_version: 0,
     }
 }
 

@@ -31,15 +31,26 @@ pub struct UserRecord {
     pub updated_at: OffsetDateTime,
 }
 
-/// A stored password hash. Opaque outside the store: only the hasher reads it, through
-/// [`StoredHash::phc`], and it never prints.
+/// A stored password hash and the user's credentials version read with it. The hash is
+/// opaque outside the store: only the hasher reads it, through [`StoredHash::phc`], and it
+/// never prints.
 #[derive(Clone)]
-pub struct StoredHash(String);
+pub struct StoredHash {
+    phc: String,
+    version: i64,
+}
 
 impl StoredHash {
     /// The PHC string, for the password hasher.
     pub fn phc(&self) -> &str {
-        &self.0
+        &self.phc
+    }
+
+    /// The user's credentials version when this hash was read: a new password or a disable
+    /// bumps it, and a session is opened only under the version its login checked
+    /// ([`super::NewSession::credentials_version`]).
+    pub fn version(&self) -> i64 {
+        self.version
     }
 }
 
@@ -84,6 +95,7 @@ struct CredentialRow {
     #[sqlx(flatten)]
     user: UserRow,
     password_hash: String,
+    credentials_version: i64,
 }
 
 const USER_COLUMNS: &str =
@@ -192,26 +204,35 @@ impl Store {
         } else {
             "username"
         };
-        let sql = format!("select {USER_COLUMNS}, password_hash from users where {column} = $1");
+        let sql = format!(
+            "select {USER_COLUMNS}, password_hash, credentials_version from users \
+             where {column} = $1"
+        );
         let row: Option<CredentialRow> = on_pool!(self, read, |pool| {
             sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
                 .bind(login)
                 .fetch_optional(pool)
                 .await?
         })?;
-        row.map(|r| Ok((r.user.try_into()?, StoredHash(r.password_hash))))
-            .transpose()
+        row.map(|r| {
+            let hash = StoredHash {
+                phc: r.password_hash,
+                version: r.credentials_version,
+            };
+            Ok((r.user.try_into()?, hash))
+        })
+        .transpose()
     }
 
     /// The password hash of the user with this id.
     pub async fn password_hash(&self, id: UserId) -> Result<Option<StoredHash>, StoreError> {
-        let hash: Option<String> = on_pool!(self, read, |pool| {
-            sqlx::query_scalar("select password_hash from users where id = $1")
+        let hash: Option<(String, i64)> = on_pool!(self, read, |pool| {
+            sqlx::query_as("select password_hash, credentials_version from users where id = $1")
                 .bind(id.to_string())
                 .fetch_optional(pool)
                 .await?
         })?;
-        Ok(hash.map(StoredHash))
+        Ok(hash.map(|(phc, version)| StoredHash { phc, version }))
     }
 
     /// Sets the profile fields that are `Some` (an inner `None` clears the field).
@@ -246,7 +267,8 @@ impl Store {
         row.map(UserRecord::try_from).transpose()
     }
 
-    /// Replaces the password hash.
+    /// Sets a new password's hash and bumps the credentials version, so that no login that
+    /// checked the old password opens a session after this.
     pub async fn set_password_hash(
         &self,
         id: UserId,
@@ -254,18 +276,47 @@ impl Store {
         now: OffsetDateTime,
     ) -> Result<bool, StoreError> {
         let done = on_pool!(self, write, |pool| {
-            sqlx::query("update users set password_hash = $2, updated_at = $3 where id = $1")
-                .bind(id.to_string())
-                .bind(hash)
-                .bind(to_millis(now))
-                .execute(pool)
-                .await?
-                .rows_affected()
+            sqlx::query(
+                "update users set password_hash = $2, updated_at = $3, \
+                 credentials_version = credentials_version + 1 where id = $1",
+            )
+            .bind(id.to_string())
+            .bind(hash)
+            .bind(to_millis(now))
+            .execute(pool)
+            .await?
+            .rows_affected()
         })?;
         Ok(done == 1)
     }
 
-    /// Enables or disables the account. Returns whether the user exists.
+    /// Replaces the hash of the same password (new parameters) if `old` is still the stored
+    /// one: a login's upgrade never overwrites a password changed meanwhile. The credentials
+    /// version stays. Returns whether it replaced it.
+    pub async fn upgrade_password_hash(
+        &self,
+        id: UserId,
+        old: &StoredHash,
+        hash: &str,
+    ) -> Result<bool, StoreError> {
+        let done = on_pool!(self, write, |pool| {
+            sqlx::query(
+                "update users set password_hash = $3 \
+                 where id = $1 and password_hash = $2 and credentials_version = $4",
+            )
+            .bind(id.to_string())
+            .bind(old.phc())
+            .bind(hash)
+            .bind(old.version())
+            .execute(pool)
+            .await?
+            .rows_affected()
+        })?;
+        Ok(done == 1)
+    }
+
+    /// Enables or disables the account (disabling bumps the credentials version, see
+    /// [`Store::set_password_hash`]). Returns whether the user exists.
     pub async fn set_user_active(
         &self,
         id: UserId,
@@ -274,13 +325,17 @@ impl Store {
     ) -> Result<bool, StoreError> {
         self.cache.forget_user(id);
         let done = on_pool!(self, write, |pool| {
-            sqlx::query("update users set is_active = $2, updated_at = $3 where id = $1")
-                .bind(id.to_string())
-                .bind(active)
-                .bind(to_millis(now))
-                .execute(pool)
-                .await?
-                .rows_affected()
+            sqlx::query(
+                "update users set is_active = $2, updated_at = $3, \
+                 credentials_version = credentials_version + (case when $2 then 0 else 1 end) \
+                 where id = $1",
+            )
+            .bind(id.to_string())
+            .bind(active)
+            .bind(to_millis(now))
+            .execute(pool)
+            .await?
+            .rows_affected()
         })?;
         self.cache.forget_user(id);
         Ok(done == 1)
@@ -314,8 +369,9 @@ impl Store {
         Ok(self.find_credentials(login).await?.map(|(u, _)| u))
     }
 
-    /// Applies an administrator's change; `None` fields are left alone. Returns `None` when
-    /// the user does not exist.
+    /// Applies an administrator's change; `None` fields are left alone (disabling bumps the
+    /// credentials version, see [`Store::set_password_hash`]). Returns `None` when the user
+    /// does not exist.
     ///
     /// With `keep_role`, the change is made only if afterwards some active user still holds
     /// that role (this one or another); otherwise [`StoreError::LastHolder`] and nothing
@@ -335,7 +391,9 @@ impl Store {
                permissions = case when $4 then $5 else permissions end, \
                is_active = case when $6 then $7 else is_active end, \
                name = case when $8 then $9 else name end, \
-               updated_at = $10 \
+               updated_at = $10, \
+               credentials_version = credentials_version \
+                 + (case when $6 and not $7 then 1 else 0 end) \
              where id = $1 and ($11 = '' \
                or ((case when $6 then $7 else is_active end) = true \
                    and (case when $2 then $3 else roles end) like $11) \

@@ -75,6 +75,7 @@ async fn only_one_rotation_from_a_generation_wins() {
                 expires_at: None,
                 user_agent: None,
                 ip: None,
+                credentials_version: 0,
             },
             now,
         )
