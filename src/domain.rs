@@ -18,6 +18,11 @@ pub enum FieldError {
     /// An email that is not syntactically an address.
     #[error("not a valid email address")]
     InvalidEmail,
+    /// An email mixing scripts within a label, as look-alike addresses do.
+    #[error(
+        "mixes alphabets (such as Latin and Cyrillic) in a way that can imitate another address"
+    )]
+    ConfusableEmail,
     /// A username outside the allowed alphabet or length.
     #[error("must be 3 to 32 characters: letters, digits, `_`, `-` or `.`, starting with a letter")]
     InvalidUsername,
@@ -58,7 +63,28 @@ pub fn parse_names(raw: &[String]) -> Result<Vec<String>, FieldError> {
     Ok(out)
 }
 
-/// An email address, trimmed and lower-cased (emails compare case-insensitively).
+/// `raw` trimmed, in Unicode NFKC with full case folding (NFKC_Casefold's steps:
+/// NFKC, fold, NFKC): the one form in which identifiers are stored and looked up, so that
+/// `ＡＤＡ`, `Ada` and `ada` are one name, and `STRASSE` and `straße` one address.
+pub fn fold(raw: &str) -> String {
+    use unicode_normalization::UnicodeNormalization as _;
+    let nfkc: String = raw.trim().nfkc().collect();
+    caseless::default_case_fold_str(&nfkc).nfkc().collect()
+}
+
+/// The form a login identifier (an email or a username) is looked up in: [`fold`]ed, and for
+/// an email the domain in IDNA ASCII as stored ([`Email::parse`]). Never fails: an identifier
+/// that is no valid address is simply unknown.
+pub fn login_key(raw: &str) -> String {
+    match Email::parse(raw) {
+        Ok(email) => email.0,
+        Err(_) => fold(raw),
+    }
+}
+
+/// An email address in its one stored form: [`fold`]ed (emails compare case-insensitively,
+/// and compatibility forms such as full-width letters are their plain letters), with the
+/// domain as IDNA ASCII (`bücher.example` is `xn--bcher-kva.example`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct Email(String);
 
@@ -66,14 +92,27 @@ impl Email {
     /// Longest accepted address (RFC 5321's path limit).
     pub const MAX_LEN: usize = 254;
 
-    /// Trims, lower-cases and checks `raw`.
+    /// Normalises and checks `raw`. An address whose local part or domain has a label
+    /// mixing scripts (Latin and Cyrillic, say: `аdmin` with a Cyrillic `а` looks like
+    /// `admin`) is refused: [`FieldError::ConfusableEmail`].
     pub fn parse(raw: &str) -> Result<Email, FieldError> {
-        let email = raw.trim().to_lowercase();
+        use unicode_security::MixedScript as _;
+        let folded = fold(raw);
+        let (local, domain) = folded.rsplit_once('@').ok_or(FieldError::InvalidEmail)?;
+        if local.is_empty() || domain.is_empty() {
+            return Err(FieldError::InvalidEmail);
+        }
+        let single_script = |part: &str| part.split('.').all(|label| label.is_single_script());
+        if !single_script(local) || !single_script(domain) {
+            return Err(FieldError::ConfusableEmail);
+        }
+        let domain = idna::domain_to_ascii(domain).map_err(|_| FieldError::InvalidEmail)?;
+        let email = format!("{local}@{domain}");
         if email.len() > Self::MAX_LEN
             || !email_address::EmailAddress::is_valid(&email)
             // Quoted local parts and IP-literal domains are legal but only ever seen in attacks.
             || email.contains(['"', '[', ' '])
-            || !email.rsplit_once('@').is_some_and(|(_, domain)| domain.contains('.'))
+            || !domain.contains('.')
         {
             return Err(FieldError::InvalidEmail);
         }
@@ -97,9 +136,9 @@ impl fmt::Display for Email {
 pub struct Username(String);
 
 impl Username {
-    /// Trims, lower-cases and checks `raw`.
+    /// [`fold`]s and checks `raw`.
     pub fn parse(raw: &str) -> Result<Username, FieldError> {
-        let name = raw.trim().to_lowercase();
+        let name = fold(raw);
         let ok_len = (3..=32).contains(&name.len());
         let ok_first = name.chars().next().is_some_and(|c| c.is_ascii_lowercase());
         let ok_chars = name
@@ -260,6 +299,54 @@ mod tests {
         }
         let long = format!("{}@example.com", "a".repeat(250));
         assert_eq!(Email::parse(&long), Err(FieldError::InvalidEmail));
+    }
+
+    #[test]
+    fn emails_are_nfkc_case_folded_with_an_ascii_domain() {
+        for (raw, stored) in [
+            // Full-width letters are their plain letters (NFKC).
+            ("ＡＤＡ@ＥＸＡＭＰＬＥ.ＣＯＭ", "ada@example.com"),
+            // Full case folding, not just lower case: ß folds to ss.
+            ("STRASSE@example.com", "strasse@example.com"),
+            ("straße@example.com", "strasse@example.com"),
+            // The Kelvin sign is K.
+            ("\u{212A}im@example.com", "kim@example.com"),
+            // A composed and a decomposed é are one address.
+            ("jos\u{e9}@example.com", "jos\u{e9}@example.com"),
+            ("jose\u{301}@example.com", "jos\u{e9}@example.com"),
+            // The domain as IDNA ASCII.
+            ("ada@Bücher.example", "ada@xn--bcher-kva.example"),
+            ("ada@xn--bcher-kva.example", "ada@xn--bcher-kva.example"),
+            // One script per label is fine, in any script.
+            ("иван@пример.рф", "иван@xn--e1afmkfd.xn--p1ai"),
+            ("ivan.иван@example.com", "ivan.иван@example.com"),
+        ] {
+            assert_eq!(
+                Email::parse(raw).map(|e| e.0),
+                Ok(stored.to_owned()),
+                "{raw}"
+            );
+            assert_eq!(login_key(raw), stored, "{raw}");
+        }
+    }
+
+    #[test]
+    fn emails_mixing_scripts_in_a_label_are_refused() {
+        for raw in [
+            "\u{430}dmin@example.com", // Cyrillic а, then Latin
+            "p\u{430}ypal@example.com",
+            "admin@ex\u{430}mple.com", // in the domain
+            "admin@\u{440}aypal.com",
+        ] {
+            assert_eq!(Email::parse(raw), Err(FieldError::ConfusableEmail), "{raw}");
+        }
+    }
+
+    #[test]
+    fn usernames_and_login_keys_are_folded() {
+        assert_eq!(Username::parse("ＡｄａＬ").unwrap().0, "adal");
+        assert_eq!(login_key("  ＡｄａＬ "), "adal");
+        assert_eq!(login_key("not an address@"), "not an address@");
     }
 
     #[test]

@@ -118,7 +118,7 @@ impl Auth {
             None => None,
             Some(c) => UserId::parse(&decode_cursor(c)?),
         };
-        let email = email.map(|e| e.trim().to_lowercase());
+        let email = email.map(crate::domain::login_key);
         let mut items = self
             .store
             .list_users(email.as_deref(), after, limit + 1)
@@ -143,7 +143,7 @@ impl Auth {
         if let Some(id) = UserId::parse(id_or_login.trim()) {
             return self.store.find_user(id).await?.ok_or(AuthError::NotFound);
         }
-        let login = id_or_login.trim().to_lowercase();
+        let login = crate::domain::login_key(id_or_login);
         if login.chars().any(char::is_control) {
             return Err(AuthError::NotFound);
         }

@@ -92,7 +92,7 @@ impl Auth {
         let (Some(login), Some(password), true) = (login, password, errors.is_empty()) else {
             return Err(AuthError::Validation(errors));
         };
-        let login = login.trim().to_lowercase();
+        let login = crate::domain::login_key(&login);
         let ip = client.ip.as_deref();
         // No account can have control characters in its email or username (and PostgreSQL
         // refuses NUL in text): such a login is simply unknown.

@@ -132,6 +132,61 @@ async fn login_returns_the_token_response() {
 }
 
 #[tokio::test]
+async fn look_alike_and_equivalent_emails_cannot_register_beside_an_address() {
+    let Some(app) = TestApp::spawn_with("rate_limits.register = \"100/1m\"").await else {
+        return;
+    };
+    let user = app.register("admin@example.com").await;
+    assert_eq!(user["email"], "admin@example.com");
+    // A Cyrillic а in front of Latin letters: refused, it would look like the admin.
+    for look_alike in ["\u{430}dmin@example.com", "admin@ex\u{430}mple.com"] {
+        let r = app
+            .post(
+                "/auth/register",
+                &json!({"email": look_alike, "password": PASSWORD}),
+            )
+            .await;
+        let e = assert_error(r, 422, "validation_failed").await;
+        assert!(e["fields"]["email"].as_str().unwrap().contains("alphabets"));
+    }
+    // Full-width letters and case: the same address.
+    let r = app
+        .post(
+            "/auth/register",
+            &json!({"email": "ＡＤＭＩＮ@example.com", "password": PASSWORD}),
+        )
+        .await;
+    assert_error(r, 409, "email_taken").await;
+    // An internationalised domain is stored as IDNA ASCII and found in either form.
+    let user = app.register("ada@Bücher.example").await;
+    assert_eq!(user["email"], "ada@xn--bcher-kva.example");
+    let r = app
+        .post(
+            "/auth/register",
+            &json!({"email": "ada@xn--bcher-kva.example", "password": PASSWORD}),
+        )
+        .await;
+    assert_error(r, 409, "email_taken").await;
+    for login in [
+        "ada@bücher.example",
+        "ADA@XN--BCHER-KVA.EXAMPLE",
+        "ａｄｍｉｎ@example.com",
+    ] {
+        let r = app.login_response(login, PASSWORD).await;
+        assert_eq!(r.status(), 200, "{login}");
+    }
+    // Full case folding: ß and ss are one address.
+    app.register("strasse@example.com").await;
+    let r = app
+        .post(
+            "/auth/register",
+            &json!({"email": "STRAßE@example.com", "password": PASSWORD}),
+        )
+        .await;
+    assert_error(r, 409, "email_taken").await;
+}
+
+#[tokio::test]
 async fn login_accepts_the_username_and_any_email_case() {
     let Some(app) = TestApp::spawn().await else {
         return;
