@@ -101,7 +101,10 @@ impl App {
             .http1()
             .timer(TokioTimer::new())
             .header_read_timeout(self.state.auth.config().header_read_timeout)
-            .max_buf_size(64 * 1024);
+            .max_buf_size(64 * 1024)
+            // Above the 100 headers the router accepts, so that the router's 431 (in the
+            // contract's format) answers, not hyper's bare one.
+            .max_headers(1024);
         builder
             .http2()
             .timer(TokioTimer::new())

@@ -35,6 +35,8 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024;
 pub const MAX_HEADER_BYTES: usize = 8 * 1024;
 /// Largest total of all header names and values.
 pub const MAX_HEADERS_TOTAL_BYTES: usize = 32 * 1024;
+/// Most headers in one request.
+pub const MAX_HEADER_COUNT: usize = 100;
 
 /// The whole HTTP API.
 pub fn router(state: Arc<AppState>) -> Router {
@@ -102,6 +104,9 @@ async fn request_timeout(State(state): State<Arc<AppState>>, req: Request, next:
 
 /// 431 for oversized headers, before any handler (or token parser) sees them.
 async fn limit_headers(req: Request, next: Next) -> Response {
+    if req.headers().len() > MAX_HEADER_COUNT {
+        return ApiError::HeadersTooLarge.into_response();
+    }
     let mut total = 0;
     for (name, value) in req.headers() {
         let len = value.len();

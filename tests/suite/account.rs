@@ -99,6 +99,63 @@ async fn register_collects_every_field_error() {
     );
 }
 
+/// `len` characters, none repeating a pattern (the strength check refuses repetitive ones),
+/// drawn from `alphabet`.
+fn varied_password(len: usize, alphabet: &[char]) -> String {
+    let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+    (0..len)
+        .map(|_| {
+            // xorshift64: deterministic and without patterns a strength check would see.
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            alphabet[(state % alphabet.len() as u64) as usize]
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn passwords_of_256_characters_are_accepted_whatever_their_bytes() {
+    let Some(app) = TestApp::spawn_with("rate_limits.register = \"100/1m\"").await else {
+        return;
+    };
+    let ascii: Vec<char> = ('!'..='~').collect();
+    // Two-byte (Cyrillic), three-byte (CJK) and four-byte (emoji) characters: the limit
+    // counts characters, so 256 of them (up to 1 KiB) are accepted.
+    let cyrillic: Vec<char> = ('а'..='я').collect();
+    let cjk: Vec<char> = ('\u{4e00}'..='\u{4e80}').collect();
+    let emoji: Vec<char> = ('\u{1f600}'..='\u{1f64f}').collect();
+    for (i, alphabet) in [ascii, cyrillic, cjk, emoji].iter().enumerate() {
+        let password = varied_password(256, alphabet);
+        assert_eq!(password.chars().count(), 256);
+        let email = format!("user{i}@example.com");
+        let r = app
+            .post(
+                "/auth/register",
+                &json!({"email": email, "password": password}),
+            )
+            .await;
+        assert_eq!(r.status(), 201, "{i}: {}", r.text().await.unwrap());
+        let r = app.login_response(&email, &password).await;
+        assert_eq!(r.status(), 200, "{i}");
+        // One character more is refused, by characters, not bytes.
+        let longer = varied_password(257, alphabet);
+        let r = app
+            .post(
+                "/auth/register",
+                &json!({"email": format!("other{i}@example.com"), "password": longer}),
+            )
+            .await;
+        let body = assert_error(r, 422, "validation_failed").await;
+        assert!(
+            body["fields"]["password"]
+                .as_str()
+                .unwrap()
+                .contains("at most 256")
+        );
+    }
+}
+
 #[tokio::test]
 async fn register_is_forbidden_when_registration_is_closed() {
     let Some(app) = TestApp::spawn_with("registration = \"closed\"").await else {

@@ -114,3 +114,30 @@ async fn odd_but_valid_input_never_causes_a_500() {
     .await;
     assert_error(r, 401, "invalid_credentials").await;
 }
+
+#[tokio::test]
+async fn headers_are_capped_at_32_kib_in_total_as_well_as_8_kib_each() {
+    let Some(app) = TestApp::spawn().await else {
+        return;
+    };
+    let send = |count: usize, each: usize| {
+        let mut req = app.client.get(app.url("/healthz"));
+        for i in 0..count {
+            req = req.header(format!("x-filler-{i}"), "v".repeat(each));
+        }
+        req.send()
+    };
+    // Each header under 8 KiB, 28 000 bytes in all: served.
+    assert_eq!(send(4, 7000).await.unwrap().status(), 200);
+    // Each header still under 8 KiB, but 35 000 bytes in all: 431.
+    assert_error(send(5, 7000).await.unwrap(), 431, "headers_too_large").await;
+    // Many small headers count too, and more than 100 headers are too many.
+    assert_error(send(400, 100).await.unwrap(), 431, "headers_too_large").await;
+    // One header over 8 KiB alone.
+    assert_error(
+        send(1, 8 * 1024 + 1).await.unwrap(),
+        431,
+        "headers_too_large",
+    )
+    .await;
+}

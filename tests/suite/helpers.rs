@@ -133,6 +133,10 @@ pub(crate) struct TestApp {
     pub(crate) clock: Arc<ManualClock>,
     pub(crate) state: Arc<AppState>,
     pub(crate) db: TestDb,
+    /// Tells the server to shut down (dropping it does not).
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The server's task, which ends once it has shut down and closed its database.
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
 
 /// A logged-in session.
@@ -188,7 +192,13 @@ impl TestApp {
     pub(crate) fn serve(app: App, db: TestDb, clock: Arc<ManualClock>) -> TestApp {
         let base = format!("http://{}", app.local_addr());
         let state = app.state();
-        tokio::spawn(app.run_until(std::future::pending()));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(app.run_until(async move {
+            if stopped.await.is_err() {
+                // The TestApp was dropped without stopping: serve until the test ends.
+                std::future::pending::<()>().await;
+            }
+        }));
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .build()
@@ -199,7 +209,29 @@ impl TestApp {
             clock,
             state,
             db,
+            stop: Some(stop),
+            task: Some(task),
         }
+    }
+
+    /// Really restarts the server: shuts it down (its connections and database pools closed,
+    /// its in-memory state gone, its port no longer answering), then starts a new process-like
+    /// instance on the same database and clock, with `extra` configuration.
+    pub(crate) async fn restart(mut self, extra: &str) -> TestApp {
+        let _ = self.stop.take().expect("running").send(());
+        self.task
+            .take()
+            .expect("running")
+            .await
+            .expect("server task")
+            .expect("server shuts down cleanly");
+        assert!(
+            self.client.get(self.url("/healthz")).send().await.is_err(),
+            "the stopped server still answers"
+        );
+        let (db, clock) = (self.db.clone(), self.clock.clone());
+        drop(self);
+        Self::spawn_on(db, extra, clock).await
     }
 
     pub(crate) fn url(&self, path: &str) -> String {

@@ -91,35 +91,34 @@ async fn a_session_revoked_on_one_node_is_refused_by_the_other() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn two_nodes_starting_together_on_an_empty_database_agree_on_one_key() {
+async fn nodes_starting_together_on_an_empty_database_agree_on_one_key() {
     let Some(db) = TestDb::fresh().await else {
         return;
     };
     let clock = Arc::new(ManualClock::new());
-    let (x, y) = tokio::join!(
-        App::build_with_clock(TestApp::config(&db, ""), clock.clone()),
-        App::build_with_clock(TestApp::config(&db, ""), clock.clone()),
-    );
-    let a = TestApp::serve(x.expect("node A starts"), db.clone(), clock.clone());
-    let b = TestApp::serve(y.expect("node B starts"), db, clock);
-    let jwks_a = a
-        .client
-        .get(a.url("/.well-known/jwks.json"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let jwks_b = b
-        .client
-        .get(b.url("/.well-known/jwks.json"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    // Four nodes, each starting in its own task (on four worker threads), released together.
+    let barrier = Arc::new(tokio::sync::Barrier::new(4));
+    let starts: Vec<_> = (0..4)
+        .map(|_| {
+            let (config, clock, barrier) =
+                (TestApp::config(&db, ""), clock.clone(), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                App::build_with_clock(config, clock).await
+            })
+        })
+        .collect();
+    let mut nodes = Vec::new();
+    for start in join_all(starts).await {
+        let app = start.expect("start task").expect("node starts");
+        nodes.push(TestApp::serve(app, db.clone(), clock.clone()));
+    }
+    for other in &nodes[2..] {
+        assert_eq!(jwks_of(&nodes[0]).await, jwks_of(other).await);
+    }
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let jwks_a = jwks_of(a).await;
+    let jwks_b = jwks_of(b).await;
     assert_eq!(jwks_a, jwks_b);
     let keys: serde_json::Value = serde_json::from_str(&jwks_a).unwrap();
     assert_eq!(keys["keys"].as_array().unwrap().len(), 1);
@@ -135,6 +134,17 @@ async fn two_nodes_starting_together_on_an_empty_database_agree_on_one_key() {
         verifier.verify(&from_a.access, now).is_ok()
             && verifier.verify(&from_b.access, now).is_ok()
     );
+}
+
+async fn jwks_of(node: &TestApp) -> String {
+    node.client
+        .get(node.url("/.well-known/jwks.json"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
 }
 
 async fn race_over(nodes: &[&TestApp], refresh: &str, n: usize) -> Vec<(u16, serde_json::Value)> {

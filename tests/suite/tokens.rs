@@ -23,6 +23,21 @@ fn www_authenticate(r: &reqwest::Response) -> String {
     r.headers()["www-authenticate"].to_str().unwrap().to_owned()
 }
 
+/// `/auth/me` with `token` gets 401 `invalid_token` with RFC 6750's challenge saying so (not
+/// "expired", which would send a client to refresh).
+async fn assert_refused_as_invalid(app: &TestApp, token: &str, what: &str) {
+    let r = app.get_auth("/auth/me", token).await;
+    let header = www_authenticate(&r);
+    assert!(
+        header.starts_with("Bearer realm=\"keygate\"")
+            && header.contains("error=\"invalid_token\"")
+            && header.contains("error_description=\"invalid token\""),
+        "{what}: {header}"
+    );
+    let body = assert_error(r, 401, "invalid_token").await;
+    assert_eq!(body["message"], "invalid token", "{what}");
+}
+
 #[tokio::test]
 async fn access_tokens_carry_the_rfc_9068_header_and_claims() {
     let Some(app) = TestApp::spawn().await else {
@@ -78,9 +93,12 @@ async fn the_signing_key_is_kept_across_restarts() {
         return;
     };
     let t = app.user("ada@example.com").await;
-    let restarted = app.sibling("").await;
-    assert_eq!(jwks(&app).await, jwks(&restarted).await);
+    let before = jwks(&app).await;
+    let restarted = app.restart("").await;
+    assert_eq!(before, jwks(&restarted).await);
     assert_eq!(restarted.me_status(&t.access).await, 200);
+    // Sessions live in the database too: the refresh token rotates after the restart.
+    assert_eq!(restarted.refresh(&t.refresh).await.status(), 200);
 }
 
 #[tokio::test]
@@ -148,7 +166,7 @@ async fn alg_none_is_refused() {
             format!("{head}.{}.", parts[1]),
             format!("{head}.{}", parts[1]),
         ] {
-            assert_eq!(app.me_status(&token).await, 401, "{alg}");
+            assert_refused_as_invalid(&app, &token, alg).await;
         }
     }
 }
@@ -175,7 +193,7 @@ async fn hs256_signed_with_the_public_key_is_refused() {
             &EncodingKey::from_secret(&secret),
         )
         .unwrap();
-        assert_eq!(app.me_status(&forged).await, 401);
+        assert_refused_as_invalid(&app, &forged, "HS256 with the public key").await;
     }
 }
 
@@ -257,6 +275,23 @@ async fn hs256_works_with_a_configured_secret_and_an_empty_jwks() {
     // An EdDSA server on the same database does not accept it.
     let eddsa = app.sibling("").await;
     assert_eq!(eddsa.me_status(&t.access).await, 401);
+    // RFC 9068: a token typed `JWT` (or untyped) is not an access token, even signed with
+    // the right secret and carrying the right claims.
+    let secret = EncodingKey::from_secret(b"an HS256 secret that is long enough!");
+    let claims = claims_of(&t.access);
+    for typ in [Some("JWT"), Some("jwt"), None] {
+        let mut header = Header::new(Algorithm::HS256);
+        header.typ = typ.map(str::to_owned);
+        header.kid = header_of(&t.access)["kid"].as_str().map(str::to_owned);
+        let token = jsonwebtoken::encode(&header, &claims, &secret).unwrap();
+        assert_refused_as_invalid(&app, &token, &format!("typ {typ:?}")).await;
+    }
+    // The same claims typed `at+jwt` pass: the refusal above is the type's.
+    let mut header = Header::new(Algorithm::HS256);
+    header.typ = Some("at+jwt".into());
+    header.kid = header_of(&t.access)["kid"].as_str().map(str::to_owned);
+    let token = jsonwebtoken::encode(&header, &claims, &secret).unwrap();
+    assert_eq!(app.me_status(&token).await, 200);
 }
 
 #[tokio::test]

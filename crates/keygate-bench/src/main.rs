@@ -633,6 +633,32 @@ async fn main() {
     )
     .expect("write results");
     println!("results written to {}", opts.out.display());
+    let failed = failed_scenarios(&report);
+    if !failed.is_empty() {
+        eprintln!("not a valid measurement: {}", failed.join("; "));
+        std::process::exit(1);
+    }
+}
+
+/// The scenarios that had an error or served no request at all: a benchmark of a server
+/// that failed, or of nothing, measures nothing (and the CI smoke run must say so).
+fn failed_scenarios(report: &Value) -> Vec<String> {
+    let mut failed = Vec::new();
+    for suite in report["results"].as_array().into_iter().flatten() {
+        for row in suite["scenarios"].as_array().into_iter().flatten() {
+            let (requests, errors) = (row["requests"].as_u64(), row["errors"].as_u64());
+            if requests.unwrap_or(0) == 0 || errors.unwrap_or(1) > 0 {
+                failed.push(format!(
+                    "{} {}: {} requests, {} errors",
+                    suite["backend"].as_str().unwrap_or("?"),
+                    row["scenario"].as_str().unwrap_or("?"),
+                    requests.unwrap_or(0),
+                    errors.map_or("?".to_owned(), |e| e.to_string())
+                ));
+            }
+        }
+    }
+    failed
 }
 
 /// A fresh schema in the PostgreSQL database named by `base`.
@@ -652,4 +678,29 @@ async fn fresh_schema(base: &str) -> String {
     let _ = conn.close().await;
     let sep = if base.contains('?') { '&' } else { '?' };
     format!("{base}{sep}options=-c%20search_path%3D{schema}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_scenario_with_errors_or_no_requests_fails_the_run() {
+        let report = |requests: u64, errors: u64| {
+            json!({"results": [{"backend": "sqlite", "scenarios": [
+                {"scenario": "GET /healthz (baseline)", "requests": 1000, "errors": 0},
+                {"scenario": "POST /auth/login", "requests": requests, "errors": errors},
+            ]}]})
+        };
+        assert!(failed_scenarios(&report(500, 0)).is_empty());
+        assert_eq!(
+            failed_scenarios(&report(500, 3)),
+            ["sqlite POST /auth/login: 500 requests, 3 errors"]
+        );
+        assert_eq!(
+            failed_scenarios(&report(0, 0)),
+            ["sqlite POST /auth/login: 0 requests, 0 errors"]
+        );
+        assert_eq!(failed_scenarios(&json!({"results": []})).len(), 0);
+    }
 }
