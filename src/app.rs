@@ -14,17 +14,15 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tower::ServiceExt as _;
 
 use crate::auth::{Auth, PURGE_INTERVAL, StartupError};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
+use crate::conns::Connections;
 use crate::http::{self, AppState};
 use crate::store::Store;
 
-/// Open connections at most; more are closed on accept.
-pub const MAX_CONNECTIONS: usize = 10_000;
 /// How long shutdown waits for in-flight requests.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
@@ -88,8 +86,9 @@ impl App {
     /// [`SHUTDOWN_GRACE`]) and closes the database.
     ///
     /// Connections are served by hyper directly rather than `axum::serve` so that slow clients
-    /// are bounded: request headers must arrive within `header_read_timeout`, idle HTTP/2
-    /// connections are pinged, and at most [`MAX_CONNECTIONS`] are open at once.
+    /// are bounded: request headers must arrive within `header_read_timeout` (which also
+    /// closes an idle keep-alive connection), idle HTTP/2 connections are pinged, and
+    /// connections are admitted per client address and globally as [`crate::conns`] says.
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -111,7 +110,13 @@ impl App {
             .keep_alive_interval(Some(Duration::from_secs(30)))
             .max_header_list_size(64 * 1024);
         let graceful = GracefulShutdown::new();
-        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let config = self.state.auth.config();
+        let connections = Arc::new(Connections::new(
+            config.max_connections,
+            config.max_connections_per_ip,
+            config.rate_limits.ipv6_prefix,
+            config.trusted_proxies.clone(),
+        ));
         let mut shutdown = std::pin::pin!(shutdown);
         loop {
             let (stream, peer) = tokio::select! {
@@ -126,17 +131,23 @@ impl App {
                 },
                 () = &mut shutdown => break,
             };
-            let Ok(slot) = slots.clone().try_acquire_owned() else {
-                tracing::warn!("connection limit reached: closing a new connection");
-                continue;
+            let (admitted, shed) = match connections.admit(peer.ip()) {
+                Ok(admitted) => admitted,
+                Err(refused) => {
+                    tracing::debug!(?refused, "connection closed at once");
+                    continue;
+                }
             };
+            let admitted = Arc::new(admitted);
             let _ = stream.set_nodelay(true);
-            let service = router.clone().map_request(
+            let service = router.clone().map_request({
+                let admitted = admitted.clone();
                 move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    admitted.served();
                     req.extensions_mut().insert(ConnectInfo(peer));
                     req.map(axum::body::Body::new)
-                },
-            );
+                }
+            });
             let conn = builder
                 .serve_connection_with_upgrades(
                     TokioIo::new(stream),
@@ -145,10 +156,15 @@ impl App {
                 .into_owned();
             let conn = graceful.watch(conn);
             tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "connection ended with an error");
+                tokio::select! {
+                    result = conn => if let Err(e) = result {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    },
+                    // Shed for a newcomer before it delivered a request: dropping the
+                    // connection closes it.
+                    Ok(()) = shed => tracing::debug!("connection without a request shed"),
                 }
-                drop(slot);
+                drop(admitted);
             });
         }
         drop(self.listener);

@@ -72,8 +72,15 @@ pub struct Config {
     pub redis_key_prefix: String,
     /// Peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
-    /// A client must send its request headers within this.
+    /// A client must send its request headers within this (each request's, and so an idle
+    /// keep-alive connection is closed after it too).
     pub header_read_timeout: Duration,
+    /// Open connections at most; at the cap the oldest connection that has not yet sent a
+    /// whole request is closed for a newcomer.
+    pub max_connections: usize,
+    /// Open connections per client address (an IPv6 client's by its `rate_limits.ipv6_prefix`
+    /// network) at most; `trusted_proxies` are exempt. 0: no cap.
+    pub max_connections_per_ip: usize,
     /// A whole request must complete within this (503 otherwise).
     pub request_timeout: Duration,
     /// Whether anyone may register.
@@ -309,6 +316,8 @@ impl Config {
                 .map(ToString::to_string)
                 .collect(),
             header_read_timeout: format_duration(self.header_read_timeout),
+            max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
             request_timeout: format_duration(self.request_timeout),
             audit: RedactedAudit {
                 retention: format_duration(self.audit_retention),
@@ -379,6 +388,8 @@ struct RedactedView<'a> {
     redis_key_prefix: &'a str,
     trusted_proxies: Vec<String>,
     header_read_timeout: String,
+    max_connections: usize,
+    max_connections_per_ip: usize,
     request_timeout: String,
     audit: RedactedAudit,
     log: &'a LogConfig,
@@ -476,6 +487,8 @@ struct RawConfig {
     redis_key_prefix: Option<Text>,
     trusted_proxies: Option<TextList>,
     header_read_timeout: Option<Text>,
+    max_connections: Option<Text>,
+    max_connections_per_ip: Option<Text>,
     request_timeout: Option<Text>,
     registration: Option<Text>,
     max_sessions_per_user: Option<Text>,
@@ -774,6 +787,15 @@ impl TryFrom<RawConfig> for Config {
         let header_read_timeout =
             positive_duration("header_read_timeout", raw.header_read_timeout, "10s")?;
         let request_timeout = positive_duration("request_timeout", raw.request_timeout, "30s")?;
+        let max_connections = number("max_connections", raw.max_connections, 10_000usize)?;
+        if max_connections == 0 {
+            return Err(ConfigError::key("max_connections", "must be at least 1"));
+        }
+        let max_connections_per_ip = number(
+            "max_connections_per_ip",
+            raw.max_connections_per_ip,
+            256usize,
+        )?;
         let trusted_proxies = raw
             .trusted_proxies
             .map(|l| l.0)
@@ -853,6 +875,8 @@ impl TryFrom<RawConfig> for Config {
             redis_key_prefix,
             trusted_proxies,
             header_read_timeout,
+            max_connections,
+            max_connections_per_ip,
             request_timeout,
             registration,
             max_sessions_per_user,
@@ -1026,6 +1050,7 @@ mod tests {
         assert_eq!(c.password.iterations, 2);
         assert_eq!(c.password.parallelism, 1);
         assert_eq!(c.max_sessions_per_user, 20);
+        assert_eq!((c.max_connections, c.max_connections_per_ip), (10_000, 256));
         assert_eq!(c.registration, Registration::Open);
         assert!(c.session_max_lifetime.is_none());
     }
@@ -1090,6 +1115,13 @@ mod tests {
         assert!(e.contains("`database_url`"), "{e}");
         let e = err("listen = \"nowhere\"");
         assert!(e.contains("`listen`"), "{e}");
+        let e = err("max_connections = 0");
+        assert!(
+            e.contains("`max_connections`") && e.contains("at least 1"),
+            "{e}"
+        );
+        let e = err("max_connections_per_ip = \"many\"");
+        assert!(e.contains("`max_connections_per_ip`"), "{e}");
         let e = err("password.memory_kib = 1024");
         assert!(e.contains("`password.memory_kib`"), "{e}");
         let e = err("signing.algorithm = \"none\"");

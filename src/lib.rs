@@ -13,6 +13,7 @@ pub mod auth;
 pub mod cli;
 pub mod clock;
 pub mod config;
+mod conns;
 pub mod domain;
 #[cfg(test)]
 mod hold;

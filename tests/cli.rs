@@ -201,6 +201,178 @@ fn serve_starts_on_the_embedded_default_and_answers() {
     assert!(dir.path().join("keygate.db").exists());
 }
 
+/// The real binary serving on a free port with `env` (and nothing else from `KEYGATE_*`);
+/// returns it and the address it reports.
+fn serve(dir: &std::path::Path, env: &[(&str, &str)]) -> (std::process::Child, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_keygate"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("KEYGATE_") {
+            cmd.env_remove(k);
+        }
+    }
+    let mut child = cmd
+        .current_dir(dir)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("KEYGATE_LOG__FORMAT", "json")
+        .envs(env.iter().copied())
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                && v["message"] == "keygate listening"
+            {
+                let _ = tx.send(v["address"].as_str().unwrap_or_default().to_owned());
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("server reports its address");
+    (child, addr)
+}
+
+/// `n` connections from 127.0.0.1 that send half a request and never the rest.
+async fn half_open(addr: &str, n: usize) -> Vec<tokio::net::TcpStream> {
+    use tokio::io::AsyncWriteExt as _;
+    let mut held = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        // The server may already have closed it: writing then fails, which is fine.
+        let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await;
+        held.push(s);
+    }
+    held
+}
+
+/// `GET /healthz` from another address (127.0.0.2): its status line, within `within`.
+async fn healthz_from_elsewhere(addr: &str, within: Duration) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let attempt = async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        let mut s = socket.connect(addr.parse().unwrap()).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut response = Vec::new();
+        let _ = s.read_to_end(&mut response).await;
+        String::from_utf8_lossy(&response)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    tokio::time::timeout(within, attempt)
+        .await
+        .unwrap_or_else(|_| "no answer".to_owned())
+}
+
+/// Whether the server has closed `s` (end of stream or reset), waiting up to a second.
+async fn closed_by_server(s: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncReadExt as _;
+    let mut buf = [0u8; 64];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+#[test]
+fn half_open_connections_from_one_address_do_not_shut_out_another() {
+    let dir = tempfile::tempdir().unwrap();
+    // Headers may take a minute: only the connection caps can protect the second client.
+    let (mut child, addr) = serve(
+        dir.path(),
+        &[
+            ("KEYGATE_HEADER_READ_TIMEOUT", "60s"),
+            ("KEYGATE_MAX_CONNECTIONS_PER_IP", "50"),
+        ],
+    );
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (status, extra_closed) = runtime.block_on(async {
+        let _held = half_open(&addr, 400).await;
+        let status = healthz_from_elsewhere(&addr, Duration::from_secs(10)).await;
+        // One more from the flooding address is closed at once.
+        let mut extra = half_open(&addr, 1).await.pop().unwrap();
+        (status, closed_by_server(&mut extra).await)
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert!(extra_closed, "the 401st connection of one address was kept");
+}
+
+#[test]
+fn at_the_connection_cap_the_oldest_half_open_connection_makes_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, addr) = serve(
+        dir.path(),
+        &[
+            ("KEYGATE_HEADER_READ_TIMEOUT", "60s"),
+            ("KEYGATE_MAX_CONNECTIONS", "100"),
+            ("KEYGATE_MAX_CONNECTIONS_PER_IP", "0"),
+        ],
+    );
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (status, oldest_closed, newest_closed) = runtime.block_on(async {
+        let mut held = half_open(&addr, 300).await;
+        let status = healthz_from_elsewhere(&addr, Duration::from_secs(10)).await;
+        let oldest_closed = closed_by_server(&mut held[0]).await;
+        let newest_closed = closed_by_server(held.last_mut().unwrap()).await;
+        (status, oldest_closed, newest_closed)
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert!(oldest_closed, "the oldest half-open connection was kept");
+    assert!(
+        !newest_closed,
+        "a newer one was closed instead of the oldest"
+    );
+}
+
+#[test]
+fn an_idle_keep_alive_connection_is_closed_after_the_header_timeout() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, addr) = serve(dir.path(), &[("KEYGATE_HEADER_READ_TIMEOUT", "1s")]);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (answered, closed_after) = runtime.block_on(async {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 1024];
+        let n = s.read(&mut buf).await.unwrap();
+        let answered = String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200");
+        // Then nothing: the kept-alive connection must not stay open for ever.
+        let idle = std::time::Instant::now();
+        let rest = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        (answered, rest.is_ok().then(|| idle.elapsed()))
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(answered);
+    let closed_after = closed_after.expect("the idle connection was still open after 10 s");
+    assert!(
+        closed_after >= Duration::from_millis(900),
+        "{closed_after:?}"
+    );
+}
+
 #[test]
 fn purge_runs_on_the_database_and_reports_counts() {
     let dir = tempfile::tempdir().unwrap();
