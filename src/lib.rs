@@ -15,12 +15,12 @@ pub mod clock;
 pub mod config;
 mod conns;
 pub mod domain;
-#[cfg(test)]
-mod hold;
 pub mod http;
 pub mod limits;
 pub mod password;
 pub mod store;
+#[cfg(test)]
+mod testing;
 pub mod token;
 
 pub use app::App;

@@ -44,7 +44,7 @@ pub struct Hasher {
     dummy_hash: String,
     /// Lets a unit test hold a password check after its hash, before its answer.
     #[cfg(test)]
-    pub(crate) hold: crate::hold::HoldPoint,
+    pub(crate) hold: crate::testing::HoldPoint,
 }
 
 /// Counts a request waiting for a hashing permit; uncounts it however the wait ends.

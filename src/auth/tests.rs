@@ -12,47 +12,6 @@ use crate::store::UserRecord;
 const PASSWORD: &str = "correct horse battery staple";
 const NEW_PASSWORD: &str = "a brand new horse battery staple";
 
-/// The databases to run on: a SQLite file, and a fresh PostgreSQL schema when configured.
-async fn databases() -> Vec<(String, Option<tempfile::TempDir>)> {
-    let dir = tempfile::tempdir().expect("temporary directory");
-    let mut out = vec![(
-        format!("sqlite://{}", dir.path().join("keygate.db").display()),
-        Some(dir),
-    )];
-    match std::env::var("KEYGATE_TEST_DATABASE_URL") {
-        Ok(base) => out.push((fresh_schema(&base).await, None)),
-        Err(_) if std::env::var_os("CI").is_some() => {
-            panic!("CI is set and KEYGATE_TEST_DATABASE_URL is not: the PostgreSQL case cannot run")
-        }
-        Err(_) => eprintln!("KEYGATE_TEST_DATABASE_URL not set: PostgreSQL case SKIPPED"),
-    }
-    out
-}
-
-/// A new schema on the PostgreSQL at `base`, and a URL whose connections use it.
-async fn fresh_schema(base: &str) -> String {
-    use sqlx::Connection as _;
-    let mut conn = sqlx::PgConnection::connect(base)
-        .await
-        .expect("KEYGATE_TEST_DATABASE_URL must point at a reachable PostgreSQL");
-    // Named as the integration suite names its schemas, so that its clean-up drops this one
-    // when it is an hour old.
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs();
-    let schema = format!(
-        "kg_test_{now}_{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..12]
-    );
-    sqlx::query(sqlx::AssertSqlSafe(format!("create schema {schema}")))
-        .execute(&mut conn)
-        .await
-        .expect("create schema");
-    let sep = if base.contains('?') { '&' } else { '?' };
-    format!("{base}{sep}options=-c%20search_path%3D{schema}")
-}
-
 async fn auth_on(url: &str) -> Auth {
     let config = Config::from_toml(&format!(
         "database_url = \"{url}\"\nrate_limits.login = \"1000/1m\""
@@ -111,7 +70,7 @@ async fn live_sessions(auth: &Auth, user: &UserRecord) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_login_that_checked_the_password_before_a_revocation_opens_no_session() {
-    for (url, _dir) in databases().await {
+    for (url, _dir) in crate::testing::databases().await {
         let auth = Arc::new(auth_on(&url).await);
         let operator = ClientInfo::default();
 

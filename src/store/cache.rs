@@ -79,7 +79,7 @@ pub(super) struct ReadCache {
     users: Mutex<Entries<UserId, (UserRecord, OffsetDateTime)>>,
     /// Lets a unit test stop a read between its query and its insert.
     #[cfg(test)]
-    pub(super) hold: crate::hold::HoldPoint,
+    pub(super) hold: crate::testing::HoldPoint,
 }
 
 impl std::fmt::Debug for ReadCache {

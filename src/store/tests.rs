@@ -18,14 +18,18 @@ pub(super) fn url(dir: &tempfile::TempDir) -> String {
 /// no cache entry expires by itself during a test).
 pub(super) async fn store() -> (Store, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("temporary directory");
-    let url = url(&dir);
+    (store_on(&url(&dir)).await, dir)
+}
+
+/// A migrated store on `url`, timed by a clock that does not move.
+async fn store_on(url: &str) -> Store {
     let config = Config::from_toml(&format!("database_url = \"{url}\"")).expect("config");
     let store = Store::connect(&config)
         .await
         .expect("store")
         .with_clock(Arc::new(ManualClock::new()));
     store.migrate().await.expect("migrate");
-    (store, dir)
+    store
 }
 
 pub(super) async fn user_with_session(
@@ -67,9 +71,14 @@ pub(super) fn new_session(user: crate::domain::UserId, now: OffsetDateTime) -> N
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_liveness_read_overtaken_by_a_revoke_does_not_refill_the_cache() {
-    let (store, _dir) = store().await;
+    for (url, _dir) in crate::testing::databases().await {
+        liveness_read_overtaken_by_a_revoke(&store_on(&url).await).await;
+    }
+}
+
+async fn liveness_read_overtaken_by_a_revoke(store: &Store) {
     let now = OffsetDateTime::now_utc();
-    let (user, id) = user_with_session(&store, now).await;
+    let (user, id) = user_with_session(store, now).await;
 
     let gate = store.cache.hold.arm().await;
     let read = tokio::spawn({
@@ -94,9 +103,14 @@ async fn a_liveness_read_overtaken_by_a_revoke_does_not_refill_the_cache() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_read_overtaken_by_a_disable_does_not_refill_the_cache() {
-    let (store, _dir) = store().await;
+    for (url, _dir) in crate::testing::databases().await {
+        user_read_overtaken_by_a_disable(&store_on(&url).await).await;
+    }
+}
+
+async fn user_read_overtaken_by_a_disable(store: &Store) {
     let now = OffsetDateTime::now_utc();
-    let (user, _) = user_with_session(&store, now).await;
+    let (user, _) = user_with_session(store, now).await;
 
     let gate = store.cache.hold.arm().await;
     let read = tokio::spawn({
