@@ -88,7 +88,8 @@ impl App {
     /// Connections are served by hyper directly rather than `axum::serve` so that slow clients
     /// are bounded: request headers must arrive within `header_read_timeout` (which also
     /// closes an idle keep-alive connection), idle HTTP/2 connections are pinged, and
-    /// connections are admitted per client address and globally as [`crate::conns`] says.
+    /// connections are admitted per client address and globally (`max_connections_per_ip`,
+    /// `max_connections`: the oldest connection without a request is shed for a newcomer).
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,

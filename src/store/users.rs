@@ -375,7 +375,7 @@ impl Store {
     ///
     /// With `keep_role`, the change is made only if afterwards some active user still holds
     /// that role (this one or another); otherwise [`StoreError::LastHolder`] and nothing
-    /// changed. The rule is decided inside the write (see [`LOCK_HOLDERS`]), so two
+    /// changed. The rule is decided inside the write (with a lock on PostgreSQL), so two
     /// concurrent changes cannot each count on the other's target.
     pub async fn update_user(
         &self,
