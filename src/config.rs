@@ -91,6 +91,10 @@ pub struct Config {
     pub truncate_session_ip: bool,
     /// How long audit events are kept.
     pub audit_retention: Duration,
+    /// `cookies.*`: the browser cookie transport.
+    pub cookies: CookiesConfig,
+    /// `cors.*`: origins that may call the API from a browser, with credentials.
+    pub cors: CorsConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -179,6 +183,24 @@ pub enum Registration {
     Open,
     /// Only admins and the CLI create users.
     Closed,
+}
+
+/// `cookies.*`
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CookiesConfig {
+    /// `Secure` on every cookie; `false` only for local development over plain HTTP.
+    pub secure: bool,
+    /// `Domain` of every cookie; unset: the host that set it only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+}
+
+/// `cors.*`
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct CorsConfig {
+    /// Exact origins (`scheme://host[:port]`, no path) that get CORS grants with credentials.
+    /// Empty: no CORS header is ever sent.
+    pub allowed_origins: Vec<String>,
 }
 
 /// `log.*`
@@ -322,6 +344,8 @@ impl Config {
             audit: RedactedAudit {
                 retention: format_duration(self.audit_retention),
             },
+            cookies: &self.cookies,
+            cors: &self.cors,
             log: &self.log,
         };
         toml::to_string(&view).unwrap_or_else(|_| String::from("# could not render\n"))
@@ -392,6 +416,8 @@ struct RedactedView<'a> {
     max_connections_per_ip: usize,
     request_timeout: String,
     audit: RedactedAudit,
+    cookies: &'a CookiesConfig,
+    cors: &'a CorsConfig,
     log: &'a LogConfig,
 }
 
@@ -496,7 +522,24 @@ struct RawConfig {
     #[serde(default)]
     audit: RawAudit,
     #[serde(default)]
+    cookies: RawCookies,
+    #[serde(default)]
+    cors: RawCors,
+    #[serde(default)]
     log: RawLog,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCookies {
+    secure: Option<Text>,
+    domain: Option<Text>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCors {
+    allowed_origins: Option<TextList>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -834,6 +877,37 @@ impl TryFrom<RawConfig> for Config {
 
         let truncate_session_ip = boolean("truncate_session_ip", raw.truncate_session_ip, false)?;
         let audit_retention = positive_duration("audit.retention", raw.audit.retention, "90d")?;
+        let cookies = CookiesConfig {
+            secure: boolean("cookies.secure", raw.cookies.secure, true)?,
+            domain: match raw.cookies.domain.map(|t| t.0.trim().to_owned()) {
+                None => None,
+                Some(d) if is_cookie_domain(&d) => Some(d),
+                Some(_) => {
+                    return Err(ConfigError::key(
+                        "cookies.domain",
+                        "expected a host name such as `example.com`",
+                    ));
+                }
+            },
+        };
+        let cors = CorsConfig {
+            allowed_origins: raw
+                .cors
+                .allowed_origins
+                .map(|l| l.0)
+                .unwrap_or_default()
+                .iter()
+                .map(|o| {
+                    origin(o).ok_or_else(|| {
+                        ConfigError::key(
+                            "cors.allowed_origins",
+                            "expected exact origins such as `https://app.example.com` \
+                             (`*` is refused: credentials need named origins)",
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        };
 
         let log = LogConfig {
             format: match raw.log.format.map(|t| t.0).as_deref() {
@@ -882,9 +956,39 @@ impl TryFrom<RawConfig> for Config {
             max_sessions_per_user,
             truncate_session_ip,
             audit_retention,
+            cookies,
+            cors,
             log,
         })
     }
+}
+
+/// `raw` as an origin (`scheme://host[:port]`, lower-cased, without a trailing slash), or
+/// `None` when it is anything else (a path, a query, `*`, `null`, another scheme).
+pub fn origin(raw: &str) -> Option<String> {
+    let url = url::Url::parse(raw.trim()).ok()?;
+    let ok = matches!(url.scheme(), "http" | "https")
+        && url.host_str().is_some()
+        && url.username().is_empty()
+        && url.password().is_none()
+        && url.path() == "/"
+        && url.query().is_none()
+        && url.fragment().is_none()
+        && !raw.trim().trim_end_matches('/').ends_with(':');
+    ok.then(|| url.origin().ascii_serialization())
+}
+
+/// A cookie `Domain`: a host name (letters, digits, `-`, `.`), not an address or a pattern.
+fn is_cookie_domain(d: &str) -> bool {
+    let d = d.strip_prefix('.').unwrap_or(d);
+    !d.is_empty()
+        && d.len() <= 253
+        && d.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+        && d.parse::<std::net::IpAddr>().is_err()
 }
 
 fn signing(raw: RawSigning) -> Result<SigningConfig, ConfigError> {
@@ -1051,6 +1155,14 @@ mod tests {
         assert_eq!(c.password.parallelism, 1);
         assert_eq!(c.max_sessions_per_user, 20);
         assert_eq!((c.max_connections, c.max_connections_per_ip), (10_000, 256));
+        assert_eq!(
+            c.cookies,
+            CookiesConfig {
+                secure: true,
+                domain: None
+            }
+        );
+        assert!(c.cors.allowed_origins.is_empty());
         assert_eq!(c.registration, Registration::Open);
         assert!(c.session_max_lifetime.is_none());
     }
@@ -1115,6 +1227,20 @@ mod tests {
         assert!(e.contains("`database_url`"), "{e}");
         let e = err("listen = \"nowhere\"");
         assert!(e.contains("`listen`"), "{e}");
+        for bad in [
+            "*",
+            "https://app.example.com/path",
+            "app.example.com",
+            "null",
+            "ftp://x.example",
+        ] {
+            let e = err(&format!("cors.allowed_origins = [\"{bad}\"]"));
+            assert!(e.contains("`cors.allowed_origins`"), "{bad}: {e}");
+        }
+        let e = err("cookies.domain = \"10.0.0.1\"");
+        assert!(e.contains("`cookies.domain`"), "{e}");
+        let e = err("cookies.secure = \"maybe\"");
+        assert!(e.contains("`cookies.secure`"), "{e}");
         let e = err("max_connections = 0");
         assert!(
             e.contains("`max_connections`") && e.contains("at least 1"),

@@ -41,7 +41,7 @@ pub const MAX_HEADER_COUNT: usize = 100;
 /// The whole HTTP API.
 pub fn router(state: Arc<AppState>) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
-    Router::new()
+    let routes = Router::new()
         .route("/auth/register", post(account::register))
         .route("/auth/login", post(account::login))
         .route("/auth/refresh", post(account::refresh))
@@ -50,10 +50,15 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/auth/password", post(account::change_password))
         .route("/auth/sessions", get(account::sessions))
         .route("/auth/sessions/{id}", delete(account::end_session))
-        .route("/admin/users", get(admin::list_users).post(admin::create_user))
+        .route(
+            "/admin/users",
+            get(admin::list_users).post(admin::create_user),
+        )
         .route(
             "/admin/users/{id}",
-            get(admin::get_user).patch(admin::patch_user).delete(admin::delete_user),
+            get(admin::get_user)
+                .patch(admin::patch_user)
+                .delete(admin::delete_user),
         )
         .route(
             "/admin/users/{id}/sessions",
@@ -66,8 +71,17 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(middleware::from_fn_with_state(state.clone(), request_timeout))
-        .layer(middleware::from_fn(limit_headers))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            request_timeout,
+        ))
+        .layer(middleware::from_fn(limit_headers));
+    // Outside the limits, so that a browser can read their errors too.
+    let routes = match cors(&state.auth.config().cors) {
+        Some(cors) => routes.layer(cors),
+        None => routes,
+    };
+    routes
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::internal("a request handler panicked").into_response()
         }))
@@ -83,6 +97,43 @@ pub fn router(state: Arc<AppState>) -> Router {
         }))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
         .with_state(state)
+}
+
+/// How long a browser may cache a preflight answer.
+const CORS_MAX_AGE: Duration = Duration::from_secs(600);
+
+/// CORS for `cors.allowed_origins`, or `None` (no CORS header at all) when there are none.
+/// Exact origins only; `Access-Control-Allow-Credentials` goes to those alone, with the
+/// methods and headers the API uses (`x-csrf-token` for the cookie transport).
+fn cors(config: &crate::config::CorsConfig) -> Option<tower_http::cors::CorsLayer> {
+    use axum::http::Method;
+    use tower_http::cors::{AllowCredentials, AllowOrigin, CorsLayer};
+    if config.allowed_origins.is_empty() {
+        return None;
+    }
+    let allowed: Arc<Vec<HeaderValue>> = Arc::new(
+        config
+            .allowed_origins
+            .iter()
+            .filter_map(|o| HeaderValue::from_str(o).ok())
+            .collect(),
+    );
+    let credentials = allowed.clone();
+    Some(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(allowed.iter().cloned()))
+            .allow_credentials(AllowCredentials::predicate(move |origin, _| {
+                credentials.contains(origin)
+            }))
+            .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE])
+            .allow_headers([
+                header::CONTENT_TYPE,
+                header::AUTHORIZATION,
+                HeaderName::from_static("x-csrf-token"),
+            ])
+            .expose_headers([header::RETRY_AFTER, header::WWW_AUTHENTICATE])
+            .max_age(CORS_MAX_AGE),
+    )
 }
 
 /// Unknown routes and methods: 404 `not_found` in the contract's format.
