@@ -2,12 +2,14 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum_extra::extract::cookie::CookieJar;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::AppState;
+use super::cookies::{clear_session_cookies, cookie_refresh_token, set_session_cookies};
 use super::error::ApiError;
 use super::extract::{AuthUser, Client, Json, MaybeBearer, OptionalJson};
 use crate::auth::{LogoutScope, ProfileChange, Registration, TokenPair};
@@ -78,21 +80,62 @@ struct TokenResponse {
     access_token: String,
     token_type: &'static str,
     expires_in: i64,
-    refresh_token: String,
+    /// Absent in the cookie transport: the token is in the cookie.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refresh_token: Option<String>,
     refresh_expires_in: i64,
     session_id: String,
 }
 
-fn token_response(pair: TokenPair) -> Response {
+/// How a client receives its refresh token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    /// In the JSON body.
+    Json,
+    /// In the `keygate_refresh` cookie, with the CSRF cookie (browsers).
+    Cookie,
+}
+
+/// `?transport=json|cookie` (default `json`); anything else is 422 `fields.transport`.
+fn transport(query: Option<&str>) -> Result<Transport> {
+    let value = url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .find(|(k, _)| k == "transport")
+        .map(|(_, v)| v.into_owned());
+    match value.as_deref() {
+        None | Some("json") => Ok(Transport::Json),
+        Some("cookie") => Ok(Transport::Cookie),
+        Some(_) => {
+            let mut fields = std::collections::BTreeMap::new();
+            fields.insert("transport".to_owned(), "must be json or cookie".to_owned());
+            Err(ApiError::ValidationFailed(fields))
+        }
+    }
+}
+
+/// The token response; in the cookie transport the refresh token goes into the cookies set on
+/// `jar` instead of the body.
+fn token_response(
+    pair: TokenPair,
+    transport: Transport,
+    state: &AppState,
+    jar: CookieJar,
+) -> Response {
+    let (refresh_token, jar) = match transport {
+        Transport::Json => (Some(pair.refresh_token.expose()), jar),
+        Transport::Cookie => {
+            let jar = set_session_cookies(jar, state, &pair.refresh_token, pair.refresh_expires_in);
+            (None, jar)
+        }
+    };
     let body = TokenResponse {
         access_token: pair.access_token,
         token_type: "bearer",
         expires_in: pair.expires_in,
-        refresh_token: pair.refresh_token.expose(),
+        refresh_token,
         refresh_expires_in: pair.refresh_expires_in,
         session_id: pair.session_id.to_string(),
     };
-    let mut r = axum::Json(body).into_response();
+    let mut r = (jar, axum::Json(body)).into_response();
     // RFC 6749 section 5.1: token responses must not be cached.
     r.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -146,29 +189,42 @@ pub(super) struct LoginBody {
 pub(super) async fn login(
     State(state): State<Arc<AppState>>,
     Client(client): Client,
+    RawQuery(query): RawQuery,
+    jar: CookieJar,
     Json(body): Json<LoginBody>,
 ) -> Result<Response> {
+    let transport = transport(query.as_deref())?;
     let login = body.email.or(body.username);
     let pair = state.auth.login(login, body.password, client).await?;
-    Ok(token_response(pair))
+    Ok(token_response(pair, transport, &state, jar))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 pub(super) struct RefreshBody {
     refresh_token: Option<String>,
 }
 
+/// The body's refresh token, or else the cookie's (cookie transport, CSRF-checked).
 pub(super) async fn refresh(
     State(state): State<Arc<AppState>>,
     Client(client): Client,
-    Json(body): Json<RefreshBody>,
+    headers: HeaderMap,
+    jar: CookieJar,
+    OptionalJson(body): OptionalJson<RefreshBody>,
 ) -> Result<Response> {
-    let Some(token) = body.refresh_token else {
-        let mut fields = std::collections::BTreeMap::new();
-        fields.insert("refresh_token".to_owned(), "is required".to_owned());
-        return Err(ApiError::ValidationFailed(fields));
+    let (token, transport) = match body.refresh_token {
+        Some(token) => (token, Transport::Json),
+        None => match cookie_refresh_token(&state, &headers, &jar)? {
+            Some(token) => (token, Transport::Cookie),
+            None => {
+                let mut fields = std::collections::BTreeMap::new();
+                fields.insert("refresh_token".to_owned(), "is required".to_owned());
+                return Err(ApiError::ValidationFailed(fields));
+            }
+        },
     };
-    Ok(token_response(state.auth.refresh(&token, &client).await?))
+    let pair = state.auth.refresh(&token, &client).await?;
+    Ok(token_response(pair, transport, &state, jar))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -179,12 +235,15 @@ pub(super) struct LogoutBody {
     refresh_token: Option<String>,
 }
 
+/// With the body's refresh token, or else the cookie's (CSRF-checked; both cookies cleared).
 pub(super) async fn logout(
     State(state): State<Arc<AppState>>,
     MaybeBearer(bearer): MaybeBearer,
     Client(client): Client,
+    headers: HeaderMap,
+    jar: CookieJar,
     OptionalJson(body): OptionalJson<LogoutBody>,
-) -> Result<StatusCode> {
+) -> Result<Response> {
     let scope = match body.scope.as_deref() {
         None | Some("local") => LogoutScope::Local,
         Some("global") => LogoutScope::Global,
@@ -198,16 +257,22 @@ pub(super) async fn logout(
             return Err(ApiError::ValidationFailed(fields));
         }
     };
+    let (refresh, from_cookie) = match body.refresh_token {
+        Some(token) => (Some(token), false),
+        None => match cookie_refresh_token(&state, &headers, &jar)? {
+            Some(token) => (Some(token), true),
+            None => (None, false),
+        },
+    };
     state
         .auth
-        .logout(
-            scope,
-            bearer.as_deref(),
-            body.refresh_token.as_deref(),
-            &client,
-        )
+        .logout(scope, bearer.as_deref(), refresh.as_deref(), &client)
         .await?;
-    Ok(StatusCode::NO_CONTENT)
+    if from_cookie {
+        let jar = clear_session_cookies(jar, &state);
+        return Ok((jar, StatusCode::NO_CONTENT).into_response());
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 pub(super) async fn me(

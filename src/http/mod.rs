@@ -2,6 +2,7 @@
 
 mod account;
 mod admin;
+mod cookies;
 pub mod error;
 mod extract;
 

@@ -58,6 +58,32 @@ impl Store {
         Ok(done == 1)
     }
 
+    /// The shared secret `name`: `candidate` if this call stored it first, else the one stored
+    /// before (so that every node, racing or not, ends up with the same bytes).
+    pub async fn server_secret(
+        &self,
+        name: &str,
+        candidate: &[u8],
+        now: time::OffsetDateTime,
+    ) -> Result<Vec<u8>, StoreError> {
+        let secret: Vec<u8> = on_pool!(self, write, |pool| {
+            sqlx::query(
+                "insert into server_secrets (name, secret, created_at) values ($1, $2, $3) \
+                 on conflict do nothing",
+            )
+            .bind(name)
+            .bind(candidate)
+            .bind(to_millis(now))
+            .execute(pool)
+            .await?;
+            sqlx::query_scalar("select secret from server_secrets where name = $1")
+                .bind(name)
+                .fetch_one(pool)
+                .await?
+        })?;
+        Ok(secret)
+    }
+
     /// Keys that still verify but no longer sign (retired) or do not sign yet (next).
     pub async fn verifying_keys(&self, algorithm: &str) -> Result<Vec<StoredKey>, StoreError> {
         let rows: Vec<KeyRow> = on_pool!(self, read, |pool| {

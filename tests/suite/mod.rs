@@ -6,6 +6,7 @@ pub(crate) mod helpers;
 mod abuse;
 mod account;
 mod admin;
+mod cookies;
 mod cors;
 mod errors;
 mod families;
