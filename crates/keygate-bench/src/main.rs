@@ -28,7 +28,7 @@ struct Options {
     connections: usize,
     users: usize,
     out: PathBuf,
-    /// Scenarios to run (`--only healthz,me,fresh,refresh,login,mixed`); empty = all.
+    /// Scenarios to run (`--only healthz,me,fresh,refresh,cookie,login,mixed`); empty = all.
     only: Vec<String>,
 }
 
@@ -103,12 +103,29 @@ impl Conn {
         bearer: Option<&str>,
         body: Option<&Value>,
     ) -> Result<(u16, Bytes), String> {
+        let headers: Vec<(&str, String)> = bearer
+            .map(|token| ("authorization", format!("Bearer {token}")))
+            .into_iter()
+            .collect();
+        self.call_with(method, path, &headers, body)
+            .await
+            .map(|(status, _, bytes)| (status, bytes))
+    }
+
+    /// A request with `headers`; the status, the `Set-Cookie` values and the body.
+    async fn call_with(
+        &mut self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, String)],
+        body: Option<&Value>,
+    ) -> Result<(u16, Vec<String>, Bytes), String> {
         let mut req = Request::builder()
             .method(method)
             .uri(path)
             .header("host", "bench");
-        if let Some(token) = bearer {
-            req = req.header("authorization", format!("Bearer {token}"));
+        for (name, value) in headers {
+            req = req.header(*name, value.as_str());
         }
         let body = match body {
             Some(v) => {
@@ -124,13 +141,19 @@ impl Conn {
             .await
             .map_err(|e| e.to_string())?;
         let status = resp.status().as_u16();
+        let cookies = resp
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok().map(str::to_owned))
+            .collect();
         let bytes = resp
             .into_body()
             .collect()
             .await
             .map_err(|e| e.to_string())?
             .to_bytes();
-        Ok((status, bytes))
+        Ok((status, cookies, bytes))
     }
 }
 
@@ -140,7 +163,26 @@ enum Work {
     Healthz,
     Me(Arc<Vec<String>>),
     Refresh(Arc<Vec<String>>),
+    /// Browser sessions: each connection rotates its own session's refresh cookie, sending
+    /// the CSRF header.
+    CookieRefresh(Arc<Vec<CookieSession>>),
     Login(Arc<Vec<String>>),
+}
+
+/// A cookie-transport session: the refresh cookie's value and the CSRF token.
+#[derive(Debug, Clone)]
+struct CookieSession {
+    refresh: String,
+    csrf: String,
+}
+
+/// The value of cookie `name` among `Set-Cookie` header values.
+fn cookie_value(set_cookies: &[String], name: &str) -> Option<String> {
+    set_cookies
+        .iter()
+        .filter_map(|v| cookie::Cookie::parse(v.as_str()).ok())
+        .find(|c| c.name() == name)
+        .map(|c| c.value().to_owned())
 }
 
 #[derive(Debug, Default, Clone)]
@@ -192,6 +234,10 @@ async fn run(
                 Work::Refresh(tokens) => Some(tokens[c % tokens.len()].clone()),
                 _ => None,
             };
+            let mut browser = match &work {
+                Work::CookieRefresh(sessions) => Some(sessions[c % sessions.len()].clone()),
+                _ => None,
+            };
             while !stop.load(Ordering::Relaxed) {
                 let n = counter.fetch_add(1, Ordering::Relaxed);
                 let started = Instant::now();
@@ -222,6 +268,34 @@ async fn run(
                             refresh = v["refresh_token"].as_str().map(str::to_owned);
                         }
                         r
+                    }
+                    Work::CookieRefresh(_) => {
+                        let session = browser.clone().unwrap_or(CookieSession {
+                            refresh: String::new(),
+                            csrf: String::new(),
+                        });
+                        let headers = [
+                            (
+                                "cookie",
+                                format!(
+                                    "keygate_refresh={}; keygate_csrf={}",
+                                    session.refresh, session.csrf
+                                ),
+                            ),
+                            ("x-csrf-token", session.csrf.clone()),
+                        ];
+                        let r = conn
+                            .call_with(Method::POST, "/auth/refresh", &headers, None)
+                            .await;
+                        if let Ok((200, cookies, _)) = &r
+                            && let Some(next) = cookie_value(cookies, "keygate_refresh")
+                        {
+                            browser = Some(CookieSession {
+                                refresh: next,
+                                csrf: session.csrf,
+                            });
+                        }
+                        r.map(|(status, _, bytes)| (status, bytes))
                     }
                 };
                 let ok = matches!(result, Ok((s, _)) if (200..300).contains(&s));
@@ -375,6 +449,30 @@ async fn populate(addr: &str, n: usize) -> (Vec<String>, Vec<String>, Vec<String
     let access = all.iter().map(|(_, a, _)| a.clone()).collect();
     let refresh = all.iter().map(|(_, _, r)| r.clone()).collect();
     ((*emails).clone(), access, refresh)
+}
+
+/// `n` cookie-transport sessions, one for each of the first `n` users.
+async fn cookie_sessions(addr: &str, emails: &[String], n: usize) -> Vec<CookieSession> {
+    let mut conn = Conn::open(addr).await.expect("connect");
+    let mut out = Vec::with_capacity(n);
+    for email in emails.iter().cycle().take(n) {
+        let body = json!({"email": email, "password": PASSWORD});
+        let (status, cookies, _) = conn
+            .call_with(
+                Method::POST,
+                "/auth/login?transport=cookie",
+                &[],
+                Some(&body),
+            )
+            .await
+            .expect("cookie login");
+        assert_eq!(status, 200, "cookie login");
+        out.push(CookieSession {
+            refresh: cookie_value(&cookies, "keygate_refresh").expect("refresh cookie"),
+            csrf: cookie_value(&cookies, "keygate_csrf").expect("csrf cookie"),
+        });
+    }
+    out
 }
 
 /// Access tokens the server has never seen, for live sessions: signed with the server's own key
@@ -543,6 +641,7 @@ async fn suite(opts: &Options, backend: &str, database_url: Option<String>) -> V
         let fresh = run(&addr, Work::Me(Arc::new(fresh_tokens)), c, w, d).await;
         rows.push(row("GET /auth/me, a fresh token each", &fresh, health.rps));
     }
+    let mut json_refresh_rps = None;
     if opts.wants("refresh") {
         let refresh_out = run(&addr, Work::Refresh(Arc::new(refresh)), c, w, d).await;
         rows.push(row(
@@ -550,6 +649,21 @@ async fn suite(opts: &Options, backend: &str, database_url: Option<String>) -> V
             &refresh_out,
             health.rps,
         ));
+        json_refresh_rps = Some(refresh_out.rps);
+    }
+    if opts.wants("cookie") {
+        let sessions = cookie_sessions(&addr, &emails, c).await;
+        let cookie_out = run(&addr, Work::CookieRefresh(Arc::new(sessions)), c, w, d).await;
+        rows.push(row(
+            "POST /auth/refresh (cookie + CSRF)",
+            &cookie_out,
+            health.rps,
+        ));
+        if let Some(json_rps) = json_refresh_rps.filter(|r| *r > 0.0) {
+            let ratio = cookie_out.rps / json_rps;
+            println!("{:<34} cookie refresh / JSON refresh: {ratio:.3}", "");
+            report.insert("cookie_to_json_refresh".into(), json!(ratio));
+        }
     }
     if opts.wants("login") {
         // The hashing limit, cores ÷ one verify, measured just before and just after the
