@@ -166,28 +166,7 @@ fn migrate_creates_the_database() {
 #[test]
 fn serve_starts_on_the_embedded_default_and_answers() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_keygate"))
-        .current_dir(dir.path())
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .env("KEYGATE_LOG__FORMAT", "json")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
-                && v["message"] == "keygate listening"
-            {
-                let _ = tx.send(v["address"].as_str().unwrap_or_default().to_owned());
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("server reports its address");
+    let (mut child, addr) = serve(dir.path(), &[]);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let status = runtime.block_on(async {
         reqwest::get(format!("http://{addr}/healthz"))

@@ -127,6 +127,9 @@ impl TryFrom<UserRow> for UserRecord {
 const LOCK_HOLDERS: &str =
     "select id from users where is_active = true and roles like $1 order by id for update";
 
+/// Whether the user `$1` exists (tells a guarded write's refusal from a missing user).
+const USER_EXISTS: &str = "select count(*) from users where id = $1";
+
 /// "Another active user holds the role": the condition of a guarded write, on `$1` (the
 /// target's id) and `pattern`, the placeholder of the [`role_pattern`].
 fn other_holder(pattern: &str) -> String {
@@ -427,7 +430,7 @@ impl Store {
                 .await?;
             let refused = row.is_none()
                 && !pattern.is_empty()
-                && sqlx::query_scalar::<_, i64>("select count(*) from users where id = $1")
+                && sqlx::query_scalar::<_, i64>(USER_EXISTS)
                     .bind(id.to_string())
                     .fetch_one(&mut *tx)
                     .await?
@@ -475,7 +478,7 @@ impl Store {
                 == 1;
             let refused = !deleted
                 && !pattern.is_empty()
-                && sqlx::query_scalar::<_, i64>("select count(*) from users where id = $1")
+                && sqlx::query_scalar::<_, i64>(USER_EXISTS)
                     .bind(id.to_string())
                     .fetch_one(&mut *tx)
                     .await?
