@@ -128,7 +128,7 @@ pub(crate) fn cookie_refresh_token(
 
 /// Whether `origin` may send cookie-authenticated requests: the issuer's own origin, or one
 /// of `cors.allowed_origins`.
-fn origin_allowed(config: &Config, origin: &str) -> bool {
+pub(crate) fn origin_allowed(config: &Config, origin: &str) -> bool {
     let Some(origin) = crate::config::origin(origin) else {
         return false;
     };

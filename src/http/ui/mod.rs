@@ -1,0 +1,252 @@
+//! The hosted pages: `/ui/login`, `/ui/register` (while registration is open) and
+//! `/ui/account`, with their one script and one style sheet, embedded in the binary at compile
+//! time (no build step, nothing fetched from elsewhere).
+//!
+//! The pages are plain HTML over the cookie transport: the script (`keygate.js`) keeps the
+//! access token in memory and refreshes it from the HttpOnly cookie on load and after a 401.
+//! Every answer here carries a strict Content-Security-Policy (only this origin's script and
+//! style, no inline script, no framing), `Referrer-Policy: no-referrer` and
+//! `X-Content-Type-Options: nosniff`. The page after login comes from `?return_to=`, checked
+//! here against the allowed origins (the issuer's and `cors.allowed_origins`), so the pages
+//! never redirect anywhere else.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::get;
+
+use super::AppState;
+use super::error::ApiError;
+use crate::config::{Config, Registration};
+
+const LAYOUT: &str = include_str!("layout.html");
+const LOGIN: &str = include_str!("login.html");
+const REGISTER: &str = include_str!("register.html");
+const ACCOUNT: &str = include_str!("account.html");
+const SCRIPT: &str = include_str!("keygate.js");
+const STYLE: &str = include_str!("keygate.css");
+
+/// Where a page goes after login when `return_to` is absent or not allowed.
+pub(crate) const HOME: &str = "/ui/account";
+
+/// Longest `return_to` taken (a longer one is ignored).
+const MAX_RETURN_TO: usize = 2048;
+
+/// Only this origin's files; no inline script or style, no plugins, no framing, forms post
+/// only here, and `<base>` cannot move relative URLs.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
+                   img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+/// The hosted pages' routes, merged into [`super::router`].
+pub(crate) fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/ui", get(|| async { Redirect::to(HOME) }))
+        .route("/ui/", get(|| async { Redirect::to(HOME) }))
+        .route("/ui/login", get(login))
+        .route("/ui/register", get(register))
+        .route("/ui/account", get(account))
+        .route(
+            "/ui/keygate.js",
+            get(|| async { asset("text/javascript; charset=utf-8", SCRIPT) }),
+        )
+        .route(
+            "/ui/keygate.css",
+            get(|| async { asset("text/css; charset=utf-8", STYLE) }),
+        )
+}
+
+/// The headers every hosted answer carries.
+fn secured(mut response: Response, cache: &'static str) -> Response {
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
+    response
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    // Short caching: a new release's script must not meet an old page for long.
+    let r = ([(header::CONTENT_TYPE, content_type)], body).into_response();
+    secured(r, "public, max-age=300")
+}
+
+/// A page: the layout around `main`, with the page's name and checked `return_to`.
+fn page(config: &Config, name: &str, title: &str, main: &str, query: Option<&str>) -> Response {
+    let return_to = return_to(config, query_param(query, "return_to").as_deref());
+    let html = LAYOUT
+        .replace("{{title}}", title)
+        .replace("{{page}}", name)
+        .replace("{{return_to}}", &escape_attribute(&return_to))
+        .replace("{{main}}", main);
+    let r = (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        html,
+    )
+        .into_response();
+    secured(r, "no-store")
+}
+
+async fn login(State(state): State<Arc<AppState>>, RawQuery(query): RawQuery) -> Response {
+    let config = state.auth.config();
+    let register = match config.registration {
+        Registration::Open => {
+            "<p class=\"aside\">New here? <a id=\"register-link\" href=\"/ui/register\">Create an account</a></p>"
+        }
+        Registration::Closed => "",
+    };
+    let main = LOGIN.replace("{{register_link}}", register);
+    page(config, "login", "Log in", &main, query.as_deref())
+}
+
+async fn register(State(state): State<Arc<AppState>>, RawQuery(query): RawQuery) -> Response {
+    let config = state.auth.config();
+    if config.registration == Registration::Closed {
+        return ApiError::NotFound.into_response();
+    }
+    page(
+        config,
+        "register",
+        "Create an account",
+        REGISTER,
+        query.as_deref(),
+    )
+}
+
+async fn account(State(state): State<Arc<AppState>>, RawQuery(query): RawQuery) -> Response {
+    page(
+        state.auth.config(),
+        "account",
+        "Your account",
+        ACCOUNT,
+        query.as_deref(),
+    )
+}
+
+fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+/// `raw` when it is a place the pages may send a browser after login: a path on this server,
+/// or an absolute `http(s)` URL on the issuer's origin or one of `cors.allowed_origins`.
+/// Anything else (another origin, `//host`, `/\host`, `javascript:`, credentials in the URL,
+/// over-long) gives [`HOME`]: no open redirect.
+pub(crate) fn return_to(config: &Config, raw: Option<&str>) -> String {
+    let Some(raw) = raw.filter(|r| !r.is_empty() && r.len() <= MAX_RETURN_TO) else {
+        return HOME.to_owned();
+    };
+    if raw.chars().any(char::is_control) {
+        return HOME.to_owned();
+    }
+    if raw.starts_with('/') {
+        // Resolved against a stand-in origin: a path stays on it, while `//evil.example` or
+        // `/\evil.example` (which browsers read as another host) moves off it.
+        let Ok(base) = url::Url::parse("https://keygate.invalid/") else {
+            return HOME.to_owned();
+        };
+        return match base.join(raw) {
+            Ok(u) if u.origin() == base.origin() => u[url::Position::BeforePath..].to_owned(),
+            _ => HOME.to_owned(),
+        };
+    }
+    match url::Url::parse(raw) {
+        Ok(u)
+            if matches!(u.scheme(), "http" | "https")
+                && u.username().is_empty()
+                && u.password().is_none()
+                && super::cookies::origin_allowed(config, &u.origin().ascii_serialization()) =>
+        {
+            u.to_string()
+        }
+        _ => HOME.to_owned(),
+    }
+}
+
+/// `text` safe inside a double-quoted HTML attribute.
+fn escape_attribute(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Config {
+        Config::from_toml(
+            "issuer = \"https://auth.example.com\"\n\
+             [cors]\nallowed_origins = [\"https://app.example.com\"]\n",
+        )
+        .expect("config")
+    }
+
+    #[test]
+    fn return_to_keeps_paths_and_allowed_origins_only() {
+        let c = config();
+        let cases = [
+            (None, HOME),
+            (Some(""), HOME),
+            (Some("/ui/account?tab=1#x"), "/ui/account?tab=1#x"),
+            (Some("/x/../ui/login"), "/ui/login"),
+            (
+                Some("https://app.example.com/after?a=b"),
+                "https://app.example.com/after?a=b",
+            ),
+            (
+                Some("https://auth.example.com/ui/account"),
+                "https://auth.example.com/ui/account",
+            ),
+            // Elsewhere, or made to look like here.
+            (Some("https://evil.example/"), HOME),
+            (Some("http://app.example.com/"), HOME),
+            (Some("https://app.example.com:8443/"), HOME),
+            (Some("https://app.example.com.evil.example/"), HOME),
+            (Some("https://user:pw@app.example.com/"), HOME),
+            (Some("//evil.example/"), HOME),
+            (Some("/\\evil.example/"), HOME),
+            (Some("/\t/evil.example/"), HOME),
+            (Some("javascript:alert(1)"), HOME),
+            (Some("data:text/html,hi"), HOME),
+            (Some("ui/account"), HOME),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(return_to(&c, raw), want, "{raw:?}");
+        }
+        let long = format!("/{}", "a".repeat(MAX_RETURN_TO));
+        assert_eq!(return_to(&c, Some(&long)), HOME);
+    }
+
+    #[test]
+    fn attributes_are_escaped() {
+        assert_eq!(
+            escape_attribute("/a?x=\"><script>&'"),
+            "/a?x=&quot;&gt;&lt;script&gt;&amp;&#39;"
+        );
+    }
+}
