@@ -295,9 +295,31 @@ impl Browser {
         self.cookie("keygate_refresh").await
     }
 
+    /// Basic accessibility of the current page: a language, every field with a label, every
+    /// button with a name, no positive tabindex that would break the keyboard order.
+    async fn assert_accessible(&self, name: &str) {
+        let problems = self
+            .eval(
+                "[
+                   ...(document.documentElement.lang ? [] : ['no lang']),
+                   ...[...document.querySelectorAll('input, select, textarea')]
+                      .filter(e => e.labels.length === 0 && !e.getAttribute('aria-label'))
+                      .map(e => 'unlabelled ' + e.id),
+                   ...[...document.querySelectorAll('button')]
+                      .filter(b => !(b.textContent.trim() || b.getAttribute('aria-label')))
+                      .map(b => 'nameless button'),
+                   ...[...document.querySelectorAll('[tabindex]')]
+                      .filter(e => e.tabIndex > 0).map(e => 'tabindex on ' + e.id),
+                 ]",
+            )
+            .await;
+        assert_eq!(problems, json!([]), "{name}");
+    }
+
     /// Screenshots at desktop width and at 360 px, into `target/ui-screenshots/<name>-*.png`;
     /// at 360 px the page must not scroll sideways.
     async fn screenshots(&self, name: &str) {
+        self.assert_accessible(name).await;
         let dir = screenshot_dir();
         std::fs::create_dir_all(&dir).expect("screenshot dir");
         for (suffix, width, height) in [("desktop", 1280, 900), ("360px", 360, 780)] {
@@ -758,6 +780,80 @@ async fn the_readme_browser_sample_logs_in_refreshes_and_logs_out() {
             "refresh_after_logout": false,
             "wrong": "invalid_credentials",
         })
+    );
+    browser.close().await;
+}
+
+#[tokio::test]
+async fn rate_limited_and_busy_answers_tell_the_visitor_how_long_to_wait() {
+    let Some(browser) = Browser::launch().await else {
+        return;
+    };
+    // 429: the third login attempt in a minute.
+    let kg = Keygate::start("[rate_limits]\nlogin = \"2/1m\"\n").await;
+    let email = "patient@example.com";
+    kg.register(email).await;
+    browser.goto(&kg.url("/ui/login")).await;
+    browser.fill("#login-login", email).await;
+    for _ in 0..3 {
+        browser.fill("#login-password", "wrong password").await;
+        browser.click("#login button[type=submit]").await;
+        browser
+            .wait_until("!document.querySelector('#login button').disabled && (!document.getElementById('login-password-error').hidden || !document.getElementById('login-error').hidden)")
+            .await;
+    }
+    let said = browser.text("#login-error").await;
+    assert!(
+        said.starts_with("Too many attempts. Please wait ")
+            && said.ends_with(" seconds and try again."),
+        "{said}"
+    );
+    drop(kg);
+
+    // 503: one hash at a time and no queue, kept busy by other clients.
+    let kg = Keygate::start(
+        "[rate_limits]\nenabled = false\n[password]\nmax_concurrent_hashes = 1\nmax_queued_hashes = 0\n",
+    )
+    .await;
+    kg.register(email).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood: Vec<_> = (0..8)
+        .map(|i| {
+            let (url, stop) = (kg.url("/auth/login"), stop.clone());
+            tokio::spawn(async move {
+                let client = reqwest::Client::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = client
+                        .post(&url)
+                        .json(&json!({"email": format!("nobody{i}@example.com"), "password": PASSWORD}))
+                        .send()
+                        .await;
+                }
+            })
+        })
+        .collect();
+    browser.goto(&kg.url("/ui/login")).await;
+    browser.fill("#login-login", email).await;
+    browser.fill("#login-password", "wrong password").await;
+    let mut said = String::new();
+    // The hasher is rarely free for the page's request; try a few times.
+    for _ in 0..20 {
+        browser.click("#login button[type=submit]").await;
+        browser
+            .wait_until("!document.querySelector('#login button').disabled && (!document.getElementById('login-password-error').hidden || !document.getElementById('login-error').hidden)")
+            .await;
+        said = browser.text("#login-error").await;
+        if !said.is_empty() {
+            break;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for task in flood {
+        let _ = task.await;
+    }
+    assert!(
+        said.starts_with("Keygate is unavailable right now. Please try again in "),
+        "{said}"
     );
     browser.close().await;
 }

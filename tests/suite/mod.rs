@@ -20,3 +20,4 @@ mod services;
 mod sessions;
 mod store;
 mod tokens;
+mod ui;
