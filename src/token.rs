@@ -267,6 +267,9 @@ impl fmt::Debug for KeyRing {
     }
 }
 
+/// The `sid` prefix of `client_credentials` tokens, which belong to no session.
+pub const CLIENT_SESSION_PREFIX: &str = "client:";
+
 /// What goes into an access token besides the fixed claims.
 #[derive(Debug, Clone)]
 pub struct AccessGrant<'a> {
@@ -363,17 +366,56 @@ impl KeyRing {
         grant: &AccessGrant<'_>,
         now: OffsetDateTime,
     ) -> Result<(String, i64), TokenError> {
+        self.sign_claims(
+            grant.user_id.to_string(),
+            grant.session_id.to_string(),
+            grant.roles,
+            grant.permissions,
+            None,
+            now,
+        )
+    }
+
+    /// Signs a `client_credentials` token: `sub` and `client_id` are the client, `sid` is
+    /// `client:<id>` (there is no session), roles and permissions are the client's.
+    pub fn issue_for_client(
+        &self,
+        client_id: &str,
+        roles: &[String],
+        permissions: &[String],
+        now: OffsetDateTime,
+    ) -> Result<(String, i64), TokenError> {
+        self.sign_claims(
+            client_id.to_owned(),
+            format!("{CLIENT_SESSION_PREFIX}{client_id}"),
+            roles,
+            permissions,
+            Some(client_id.to_owned()),
+            now,
+        )
+    }
+
+    fn sign_claims(
+        &self,
+        sub: String,
+        sid: String,
+        roles: &[String],
+        permissions: &[String],
+        client_id: Option<String>,
+        now: OffsetDateTime,
+    ) -> Result<(String, i64), TokenError> {
         let iat = now.unix_timestamp();
         let claims = Claims {
             iss: self.issuer.clone(),
-            sub: grant.user_id.to_string(),
+            sub,
             aud: Audience::One(self.audience.clone()),
             exp: iat.saturating_add(self.access_ttl),
             iat,
             jti: Uuid::now_v7().to_string(),
-            sid: grant.session_id.to_string(),
-            roles: grant.roles.to_vec(),
-            permissions: grant.permissions.to_vec(),
+            sid,
+            roles: roles.to_vec(),
+            permissions: permissions.to_vec(),
+            client_id,
         };
         let mut header = Header::new(self.algorithm);
         header.typ = Some(ACCESS_TOKEN_TYPE.to_owned());

@@ -8,6 +8,7 @@ mod account;
 mod admin;
 mod events;
 mod import;
+mod oauth;
 mod sessions;
 
 use std::collections::BTreeMap;
@@ -20,6 +21,7 @@ use time::OffsetDateTime;
 pub use account::{ProfileChange, Registration};
 pub use admin::{ADMIN_ROLE, Actor, Page, UserPatch, page_size};
 pub use import::Imported;
+pub use oauth::{ClientToken, Introspection};
 pub use sessions::{LogoutScope, Principal, TokenPair};
 
 use crate::clock::Clock;
@@ -163,6 +165,8 @@ pub struct Auth {
     clock: Arc<dyn Clock>,
     /// Binds CSRF tokens to sessions (the cookie transport); shared by every node.
     csrf: aws_lc_rs::hmac::Key,
+    /// Per OAuth client with an argon2 secret: the SHA-256 of the secret that last passed.
+    verified_clients: moka::sync::Cache<String, [u8; 32]>,
 }
 
 impl std::fmt::Debug for Auth {
@@ -193,6 +197,7 @@ impl Auth {
             limits,
             clock,
             csrf,
+            verified_clients: moka::sync::Cache::new(1024),
         })
     }
 

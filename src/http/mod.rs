@@ -5,6 +5,7 @@ mod admin;
 mod cookies;
 pub mod error;
 mod extract;
+mod oauth;
 mod ui;
 
 use std::sync::Arc;
@@ -70,6 +71,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/.well-known/jwks.json", get(jwks))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .merge(oauth::routes())
         .merge(ui::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(not_found)
@@ -172,27 +174,10 @@ async fn limit_headers(req: Request, next: Next) -> Response {
     next.run(req).await
 }
 
-/// How long resource servers may cache the JWKS. Short enough that a key published ahead of
-/// its use (rotation) is seen before it signs.
-const JWKS_MAX_AGE: Duration = Duration::from_secs(300);
-
-async fn jwks(State(state): State<Arc<AppState>>) -> Response {
-    let body = state.auth.keys().jwks_json().to_owned();
-    let cache = format!("public, max-age={}", JWKS_MAX_AGE.as_secs());
-    (
-        [
-            (
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            ),
-            (
-                header::CACHE_CONTROL,
-                HeaderValue::from_str(&cache).unwrap_or(HeaderValue::from_static("no-cache")),
-            ),
-        ],
-        body,
-    )
-        .into_response()
+/// The public keys. Cacheable for [`oauth::METADATA_MAX_AGE`]: short enough that a key
+/// published ahead of its use (rotation) is seen before it signs; with an `ETag`.
+async fn jwks(State(state): State<Arc<AppState>>, headers: axum::http::HeaderMap) -> Response {
+    oauth::cacheable_json(&headers, state.auth.keys().jwks_json().to_owned())
 }
 
 async fn healthz() -> impl IntoResponse {

@@ -12,6 +12,7 @@ mod errors;
 mod families;
 mod logout;
 mod nodes;
+mod oauth;
 mod operations;
 pub(crate) mod proxy;
 mod redis;

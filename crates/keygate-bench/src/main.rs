@@ -28,7 +28,7 @@ struct Options {
     connections: usize,
     users: usize,
     out: PathBuf,
-    /// Scenarios to run (`--only healthz,me,fresh,refresh,cookie,login,mixed`); empty = all.
+    /// Scenarios to run (`--only healthz,me,fresh,introspect,refresh,cookie,login,mixed`); empty = all.
     only: Vec<String>,
 }
 
@@ -107,7 +107,7 @@ impl Conn {
             .map(|token| ("authorization", format!("Bearer {token}")))
             .into_iter()
             .collect();
-        self.call_with(method, path, &headers, body)
+        self.call_with(method, path, &headers, body.map_or(Body::Empty, Body::Json))
             .await
             .map(|(status, _, bytes)| (status, bytes))
     }
@@ -118,7 +118,7 @@ impl Conn {
         method: Method,
         path: &str,
         headers: &[(&str, String)],
-        body: Option<&Value>,
+        body: Body<'_>,
     ) -> Result<(u16, Vec<String>, Bytes), String> {
         let mut req = Request::builder()
             .method(method)
@@ -128,11 +128,15 @@ impl Conn {
             req = req.header(*name, value.as_str());
         }
         let body = match body {
-            Some(v) => {
+            Body::Json(v) => {
                 req = req.header("content-type", "application/json");
                 Full::new(Bytes::from(v.to_string()))
             }
-            None => Full::new(Bytes::new()),
+            Body::Form(form) => {
+                req = req.header("content-type", "application/x-www-form-urlencoded");
+                Full::new(Bytes::from(form))
+            }
+            Body::Empty => Full::new(Bytes::new()),
         };
         self.sender.ready().await.map_err(|e| e.to_string())?;
         let resp = self
@@ -157,6 +161,17 @@ impl Conn {
     }
 }
 
+/// A request body.
+enum Body<'a> {
+    Empty,
+    Json(&'a Value),
+    Form(String),
+}
+
+/// The OAuth client the benchmark's server is configured with (for introspection).
+const CLIENT_ID: &str = "bench-rs";
+const CLIENT_SECRET: &str = "benchmark resource server secret";
+
 /// What each scenario's connection does for its n-th request.
 #[derive(Clone)]
 enum Work {
@@ -167,6 +182,8 @@ enum Work {
     /// the CSRF header.
     CookieRefresh(Arc<Vec<CookieSession>>),
     Login(Arc<Vec<String>>),
+    /// `POST /oauth/introspect` of these access tokens, as a resource server would.
+    Introspect(Arc<Vec<String>>),
 }
 
 /// A cookie-transport session: the refresh cookie's value and the CSRF token.
@@ -252,6 +269,28 @@ async fn run(
                         )
                         .await
                     }
+                    Work::Introspect(tokens) => {
+                        use base64::Engine as _;
+                        let basic = base64::engine::general_purpose::STANDARD
+                            .encode(format!("{CLIENT_ID}:{CLIENT_SECRET}"));
+                        let headers = [("authorization", format!("Basic {basic}"))];
+                        let form = format!("token={}", tokens[n % tokens.len()]);
+                        let r = conn
+                            .call_with(
+                                Method::POST,
+                                "/oauth/introspect",
+                                &headers,
+                                Body::Form(form),
+                            )
+                            .await;
+                        // An inactive answer would be a wrong measurement: count it as an error.
+                        match r {
+                            Ok((200, _, bytes)) if !bytes.starts_with(b"{\"active\":true") => {
+                                Ok((599, bytes))
+                            }
+                            other => other.map(|(status, _, bytes)| (status, bytes)),
+                        }
+                    }
                     Work::Login(emails) => {
                         let body = json!({"email": emails[n % emails.len()], "password": PASSWORD});
                         conn.call(Method::POST, "/auth/login", None, Some(&body))
@@ -285,7 +324,7 @@ async fn run(
                             ("x-csrf-token", session.csrf.clone()),
                         ];
                         let r = conn
-                            .call_with(Method::POST, "/auth/refresh", &headers, None)
+                            .call_with(Method::POST, "/auth/refresh", &headers, Body::Empty)
                             .await;
                         if let Ok((200, cookies, _)) = &r
                             && let Some(next) = cookie_value(cookies, "keygate_refresh")
@@ -358,9 +397,16 @@ impl Server {
         let addr = format!("127.0.0.1:{port}");
         let db = database_url
             .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("keygate.db").display()));
+        let config = dir.path().join("keygate.toml");
+        std::fs::write(
+            &config,
+            format!("[[oauth.clients]]\nid = \"{CLIENT_ID}\"\nsecret = \"{CLIENT_SECRET}\"\n"),
+        )
+        .expect("write the configuration");
         let child = tokio::process::Command::new(&opts.server)
             .current_dir(dir.path())
-            .args(["serve", "--listen", &addr])
+            .args(["serve", "--listen", &addr, "--config"])
+            .arg(&config)
             .env("KEYGATE_DATABASE_URL", &db)
             // All load comes from one address: per-IP limits would measure the limiter.
             .env("KEYGATE_RATE_LIMITS__ENABLED", "false")
@@ -462,7 +508,7 @@ async fn cookie_sessions(addr: &str, emails: &[String], n: usize) -> Vec<CookieS
                 Method::POST,
                 "/auth/login?transport=cookie",
                 &[],
-                Some(&body),
+                Body::Json(&body),
             )
             .await
             .expect("cookie login");
@@ -640,6 +686,10 @@ async fn suite(opts: &Options, backend: &str, database_url: Option<String>) -> V
         let fresh_tokens = mint_fresh_tokens(&db_url, &access, wanted.clamp(1000, 1_500_000)).await;
         let fresh = run(&addr, Work::Me(Arc::new(fresh_tokens)), c, w, d).await;
         rows.push(row("GET /auth/me, a fresh token each", &fresh, health.rps));
+    }
+    if opts.wants("introspect") {
+        let out = run(&addr, Work::Introspect(Arc::new(access.clone())), c, w, d).await;
+        rows.push(row("POST /oauth/introspect (client)", &out, health.rps));
     }
     let mut json_refresh_rps = None;
     if opts.wants("refresh") {

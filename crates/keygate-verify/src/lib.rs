@@ -73,6 +73,10 @@ pub struct Claims {
     /// The user's permissions when the token was issued.
     #[serde(default)]
     pub permissions: Vec<String>,
+    /// The OAuth client the token was issued to (RFC 9068), for `client_credentials` tokens,
+    /// whose `sub` is that client and whose `sid` is `client:<id>` (no session).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
 }
 
 impl Claims {
@@ -93,7 +97,8 @@ impl Claims {
     /// # use keygate_verify::{Audience, Claims};
     /// # let claims = Claims { iss: "i".into(), sub: "u".into(), aud: Audience::One("a".into()),
     /// #     exp: 0, iat: 0, jti: "j".into(), sid: "s".into(),
-    /// #     roles: vec!["admin".into()], permissions: vec!["users:read".into()] };
+    /// #     roles: vec!["admin".into()], permissions: vec!["users:read".into()],
+    /// #     client_id: None };
     /// assert!(claims.require_role("admin").is_ok());
     /// assert!(claims.require_permission("users:write").is_err());
     /// ```

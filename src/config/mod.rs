@@ -5,6 +5,8 @@
 //! field is optional and which rejects unknown keys; then [`Config::try_from`] turns it into the
 //! validated [`Config`] the rest of the server uses, with errors that name the key and the fix.
 
+mod oauth;
+
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -15,6 +17,9 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use jsonwebtoken::Algorithm;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer, Serialize};
+
+pub(crate) use oauth::sha256;
+pub use oauth::{ClientSecret, OAuthClient, OAuthConfig};
 
 /// The file read from the working directory when no `--config` is given.
 pub const DEFAULT_CONFIG_FILE: &str = "keygate.toml";
@@ -95,6 +100,8 @@ pub struct Config {
     pub cookies: CookiesConfig,
     /// `cors.*`: origins that may call the API from a browser, with credentials.
     pub cors: CorsConfig,
+    /// `oauth.*`: clients of the OAuth endpoints.
+    pub oauth: OAuthConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -346,6 +353,7 @@ impl Config {
             },
             cookies: &self.cookies,
             cors: &self.cors,
+            oauth: &self.oauth,
             log: &self.log,
         };
         toml::to_string(&view).unwrap_or_else(|_| String::from("# could not render\n"))
@@ -418,6 +426,7 @@ struct RedactedView<'a> {
     audit: RedactedAudit,
     cookies: &'a CookiesConfig,
     cors: &'a CorsConfig,
+    oauth: &'a OAuthConfig,
     log: &'a LogConfig,
 }
 
@@ -525,6 +534,8 @@ struct RawConfig {
     cookies: RawCookies,
     #[serde(default)]
     cors: RawCors,
+    #[serde(default)]
+    oauth: oauth::RawOAuth,
     #[serde(default)]
     log: RawLog,
 }
@@ -909,6 +920,8 @@ impl TryFrom<RawConfig> for Config {
                 .collect::<Result<Vec<_>, _>>()?,
         };
 
+        let oauth = oauth::parse(raw.oauth)?;
+
         let log = LogConfig {
             format: match raw.log.format.map(|t| t.0).as_deref() {
                 None | Some("auto") => LogFormat::Auto,
@@ -958,6 +971,7 @@ impl TryFrom<RawConfig> for Config {
             audit_retention,
             cookies,
             cors,
+            oauth,
             log,
         })
     }

@@ -1,0 +1,192 @@
+//! OAuth 2.0 use cases beside the session ones: authenticating an `oauth.clients` entry, the
+//! `client_credentials` grant, and revocation (RFC 7009). The password and refresh-token
+//! grants are [`Auth::login`] and [`Auth::refresh`] themselves.
+
+use aws_lc_rs::constant_time::verify_slices_are_equal;
+
+use super::{Auth, AuthError, LogoutScope};
+use crate::config::{ClientSecret, OAuthClient, sha256};
+use crate::domain::{ClientInfo, Password};
+use crate::token::RefreshToken;
+
+/// A `client_credentials` access token.
+#[derive(Debug, Clone)]
+pub struct ClientToken {
+    /// The signed access token.
+    pub access_token: String,
+    /// Its lifetime in seconds.
+    pub expires_in: i64,
+}
+
+/// Longest client secret looked at (a longer one is simply wrong).
+const MAX_SECRET_LEN: usize = 256;
+
+impl Auth {
+    /// The configured client `id` if `secret` is its secret, else `None`. SHA-256 secrets
+    /// are compared in constant time (an unknown client costs the same digest and
+    /// comparison); argon2 secrets are verified on the hashing threads once, then the
+    /// digest of the secret that passed is remembered so that later calls are as cheap.
+    pub async fn authenticate_client(
+        &self,
+        id: &str,
+        secret: &str,
+    ) -> Result<Option<&OAuthClient>, AuthError> {
+        let presented = sha256(secret.as_bytes());
+        let Some(client) = self.config.oauth.client(id) else {
+            let _ = verify_slices_are_equal(&presented, &sha256(b"no such client"));
+            return Ok(None);
+        };
+        if secret.len() > MAX_SECRET_LEN {
+            return Ok(None);
+        }
+        let ok = match &client.secret {
+            ClientSecret::Sha256(expected) => verify_slices_are_equal(&presented, expected).is_ok(),
+            ClientSecret::Argon2(phc) => {
+                let remembered = self.verified_clients.get(&client.id);
+                if remembered.is_some_and(|d| verify_slices_are_equal(&presented, &d).is_ok()) {
+                    true
+                } else {
+                    let Ok(password) = Password::presented(secret, MAX_SECRET_LEN) else {
+                        return Ok(None);
+                    };
+                    let ok = self.hasher.verify(&password, Some(phc)).await?;
+                    if ok {
+                        self.verified_clients.insert(client.id.clone(), presented);
+                    }
+                    ok
+                }
+            }
+        };
+        Ok(ok.then_some(client))
+    }
+
+    /// An access token for `client` itself (`client_credentials`): its roles and
+    /// permissions, no refresh token, no session.
+    pub fn client_credentials(&self, client: &OAuthClient) -> Result<ClientToken, AuthError> {
+        let (access_token, expires_in) = self.keys.issue_for_client(
+            &client.id,
+            &client.roles,
+            &client.permissions,
+            self.now(),
+        )?;
+        tracing::info!(event = "client_token_issued", client_id = %client.id, "client token issued");
+        Ok(ClientToken {
+            access_token,
+            expires_in,
+        })
+    }
+
+    /// RFC 7009 revocation: a refresh token (its current or previous value) or a user's
+    /// access token ends its session. Anything else (unknown, malformed, expired, a client's
+    /// own token, which has no session) changes nothing and is not an error: the answer is
+    /// the same either way. The two kinds cannot be mistaken for each other (a refresh token
+    /// is `<session>.<secret>`, an access token a JWT), so `token_type_hint` is not needed to
+    /// find the token and is taken as a hint only.
+    pub async fn revoke_token(&self, token: &str, client: &ClientInfo) -> Result<(), AuthError> {
+        let result = if RefreshToken::parse(token).is_some() {
+            self.logout(LogoutScope::Local, None, Some(token), client)
+                .await
+        } else {
+            self.logout(LogoutScope::Local, Some(token), None, client)
+                .await
+        };
+        match result {
+            Err(AuthError::InvalidToken(_) | AuthError::InvalidRefreshToken) => Ok(()),
+            other => other,
+        }
+    }
+}
+
+/// What introspection (RFC 7662) tells about a live token.
+#[derive(Debug, Clone)]
+pub struct Introspection {
+    /// The token's claims (for a refresh token: its session's, as an access token of it would
+    /// carry them; `exp` is the refresh token's expiry, `jti` its lookup id).
+    pub claims: std::sync::Arc<keygate_verify::Claims>,
+    /// `Bearer` for an access token, `refresh_token` for a refresh token.
+    pub token_type: &'static str,
+    /// The user's username (else email), for tokens of users.
+    pub username: Option<String>,
+}
+
+impl Auth {
+    /// RFC 7662: the token's facts if it is live now, else `None` (expired, revoked or ended
+    /// session, disabled or deleted user, a rotated refresh token, a client no longer
+    /// configured, malformed or foreign).
+    pub async fn introspect(&self, token: &str) -> Result<Option<Introspection>, AuthError> {
+        let now = self.now();
+        if let Some(refresh) = RefreshToken::parse(token) {
+            let Some(session) = self.store.find_session(refresh.session_id()).await? else {
+                return Ok(None);
+            };
+            let live = session.refresh_hash.matches(&refresh.hash())
+                && session.is_live(now)
+                && session.refresh_expires_at > now;
+            if !live {
+                return Ok(None);
+            }
+            let Some(user) = self.live_user_of(session.user_id).await? else {
+                return Ok(None);
+            };
+            let claims = keygate_verify::Claims {
+                iss: self.config.issuer.clone(),
+                sub: user.id.to_string(),
+                aud: keygate_verify::Audience::One(
+                    self.config.audience.first().cloned().unwrap_or_default(),
+                ),
+                exp: session.refresh_expires_at.unix_timestamp(),
+                iat: session
+                    .rotated_at
+                    .unwrap_or(session.created_at)
+                    .unix_timestamp(),
+                jti: session.id.to_string(),
+                sid: session.id.to_string(),
+                roles: user.roles.clone(),
+                permissions: user.permissions.clone(),
+                client_id: None,
+            };
+            return Ok(Some(Introspection {
+                claims: std::sync::Arc::new(claims),
+                token_type: "refresh_token",
+                username: Some(user.username.unwrap_or(user.email)),
+            }));
+        }
+        let Ok(claims) = self.keys.verify(token, now) else {
+            return Ok(None);
+        };
+        if let Some(client) = claims.sid.strip_prefix(crate::token::CLIENT_SESSION_PREFIX) {
+            let configured = claims.client_id.as_deref() == Some(client)
+                && claims.sub == client
+                && self.config.oauth.client(client).is_some();
+            return Ok(configured.then_some(Introspection {
+                claims,
+                token_type: "Bearer",
+                username: None,
+            }));
+        }
+        let (Some(user_id), Some(session_id)) = (
+            crate::domain::UserId::parse(&claims.sub),
+            crate::domain::SessionId::parse(&claims.sid),
+        ) else {
+            return Ok(None);
+        };
+        if !self.store.session_is_live(session_id, user_id, now).await? {
+            return Ok(None);
+        }
+        let Some(user) = self.live_user_of(user_id).await? else {
+            return Ok(None);
+        };
+        Ok(Some(Introspection {
+            claims,
+            token_type: "Bearer",
+            username: Some(user.username.unwrap_or(user.email)),
+        }))
+    }
+
+    async fn live_user_of(
+        &self,
+        id: crate::domain::UserId,
+    ) -> Result<Option<crate::store::UserRecord>, AuthError> {
+        Ok(self.store.find_user(id).await?.filter(|u| u.is_active))
+    }
+}

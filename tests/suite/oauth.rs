@@ -1,0 +1,671 @@
+//! The OAuth 2.0 endpoints over HTTP: the token endpoint's three grants and RFC 6749 errors,
+//! revocation (RFC 7009), introspection (RFC 7662) and discovery (RFC 8414) with cacheable,
+//! ETag'd metadata and JWKS.
+
+use std::time::Duration;
+
+use reqwest::{Response, StatusCode};
+use serde_json::{Value, json};
+
+use crate::helpers::{PASSWORD, TestApp};
+
+const SVC_SECRET: &str = "service secret of some length";
+const RS_SECRET: &str = "resource server secret";
+const ARGON_SECRET: &str = "argon2 protected client secret";
+
+fn sha256_hex(text: &str) -> String {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, text.as_bytes());
+    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// An argon2id PHC string of `secret` (cheap parameters: it only has to verify).
+fn argon2_hash(secret: &str) -> String {
+    use argon2::password_hash::PasswordHasher;
+    let params = argon2::Params::new(8 * 1024, 1, 1, None).unwrap();
+    let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+    let hash: argon2::PasswordHash = argon
+        .hash_password_with_salt(secret.as_bytes(), b"sixteen byte slt")
+        .unwrap();
+    hash.to_string()
+}
+
+fn clients() -> String {
+    format!(
+        "[[oauth.clients]]\nid = \"svc\"\nsecret = \"{SVC_SECRET}\"\n\
+         grant_types = [\"client_credentials\"]\nroles = [\"service\"]\npermissions = [\"invoices:read\"]\n\
+         [[oauth.clients]]\nid = \"rs\"\nsecret_hash = \"sha256:{}\"\n\
+         [[oauth.clients]]\nid = \"argon\"\nsecret_hash = \"{}\"\ngrant_types = [\"client_credentials\"]\n",
+        sha256_hex(RS_SECRET),
+        argon2_hash(ARGON_SECRET)
+    )
+}
+
+async fn spawn() -> Option<TestApp> {
+    TestApp::spawn_with(&clients()).await
+}
+
+/// A form POST, optionally with HTTP Basic client credentials.
+async fn form(
+    app: &TestApp,
+    path: &str,
+    pairs: &[(&str, &str)],
+    basic: Option<(&str, &str)>,
+) -> Response {
+    let body = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs)
+        .finish();
+    let mut r = app
+        .client
+        .post(app.url(path))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body);
+    if let Some((id, secret)) = basic {
+        r = r.basic_auth(id, Some(secret));
+    }
+    r.send().await.unwrap()
+}
+
+/// Asserts an RFC 6749 error: status, code, a description, never cached.
+async fn oauth_error(r: Response, status: u16, code: &str) -> Value {
+    assert_eq!(r.status().as_u16(), status, "expected {status} {code}");
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"], code, "{body}");
+    assert!(
+        body["error_description"]
+            .as_str()
+            .is_some_and(|d| !d.is_empty()),
+        "{body}"
+    );
+    assert_eq!(body.as_object().unwrap().len(), 2, "{body}");
+    body
+}
+
+async fn password_grant(app: &TestApp, username: &str) -> Value {
+    let r = form(
+        app,
+        "/oauth/token",
+        &[
+            ("grant_type", "password"),
+            ("username", username),
+            ("password", PASSWORD),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    r.json().await.unwrap()
+}
+
+async fn introspect(app: &TestApp, token: &str) -> Value {
+    let r = form(
+        app,
+        "/oauth/introspect",
+        &[("token", token)],
+        Some(("rs", RS_SECRET)),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    r.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn the_password_grant_logs_in_by_form_and_the_refresh_grant_rotates_with_grace_and_reuse_detection()
+ {
+    let Some(app) = spawn().await else {
+        return;
+    };
+    app.register("seed@example.com").await;
+    let r = form(
+        &app,
+        "/oauth/token",
+        &[
+            ("grant_type", "password"),
+            ("username", "seed@example.com"),
+            ("password", PASSWORD),
+            ("scope", "read write"),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    assert_eq!(r.headers()["pragma"], "no-cache");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["token_type"], "Bearer");
+    assert_eq!(body["scope"], "read write");
+    assert!(body["expires_in"].as_i64().unwrap() > 0);
+    let access = body["access_token"].as_str().unwrap();
+    let refresh = body["refresh_token"].as_str().unwrap().to_owned();
+    assert_eq!(app.me_status(access).await, StatusCode::OK);
+
+    // By username too.
+    let patch = app
+        .client
+        .patch(app.url("/auth/me"))
+        .bearer_auth(access)
+        .json(&json!({"username": "seed"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(patch.status(), StatusCode::OK);
+    password_grant(&app, "seed").await;
+
+    // Refresh: rotation, the grace window's same successor, then reuse ends the session.
+    let rotate = |token: String| {
+        let app = &app;
+        async move {
+            form(
+                app,
+                "/oauth/token",
+                &[("grant_type", "refresh_token"), ("refresh_token", &token)],
+                None,
+            )
+            .await
+        }
+    };
+    let first: Value = rotate(refresh.clone()).await.json().await.unwrap();
+    let successor = first["refresh_token"].as_str().unwrap().to_owned();
+    assert_ne!(successor, refresh);
+    let again: Value = rotate(refresh.clone()).await.json().await.unwrap();
+    assert_eq!(
+        again["refresh_token"], first["refresh_token"],
+        "grace window"
+    );
+    app.clock.advance(Duration::from_secs(11));
+    oauth_error(rotate(refresh).await, 400, "invalid_grant").await;
+    oauth_error(rotate(successor).await, 400, "invalid_grant").await;
+}
+
+#[tokio::test]
+async fn token_errors_are_rfc_6749_errors() {
+    let Some(app) = spawn().await else {
+        return;
+    };
+    app.register("err@example.com").await;
+    let token = "/oauth/token";
+    oauth_error(form(&app, token, &[], None).await, 400, "invalid_request").await;
+    oauth_error(
+        form(&app, token, &[("grant_type", "authorization_code")], None).await,
+        400,
+        "unsupported_grant_type",
+    )
+    .await;
+    oauth_error(
+        form(
+            &app,
+            token,
+            &[("grant_type", "password"), ("username", "err@example.com")],
+            None,
+        )
+        .await,
+        400,
+        "invalid_request",
+    )
+    .await;
+    oauth_error(
+        form(
+            &app,
+            token,
+            &[
+                ("grant_type", "password"),
+                ("username", "err@example.com"),
+                ("password", "wrong password"),
+            ],
+            None,
+        )
+        .await,
+        400,
+        "invalid_grant",
+    )
+    .await;
+    oauth_error(
+        form(
+            &app,
+            token,
+            &[("grant_type", "password"), ("grant_type", "password")],
+            None,
+        )
+        .await,
+        400,
+        "invalid_request",
+    )
+    .await;
+    oauth_error(
+        form(
+            &app,
+            token,
+            &[("grant_type", "refresh_token"), ("refresh_token", "nope")],
+            None,
+        )
+        .await,
+        400,
+        "invalid_grant",
+    )
+    .await;
+    // JSON is not a form.
+    let r = app.post(token, &json!({"grant_type": "password"})).await;
+    oauth_error(r, 400, "invalid_request").await;
+
+    // Client authentication: wrong secret, unknown client, both methods, a confidential
+    // client naming itself without its secret.
+    for basic in [("rs", "wrong secret value"), ("nobody", RS_SECRET)] {
+        let r = form(&app, token, &[("grant_type", "password")], Some(basic)).await;
+        assert_eq!(
+            r.headers()["www-authenticate"]
+                .to_str()
+                .unwrap()
+                .split(' ')
+                .next(),
+            Some("Basic")
+        );
+        oauth_error(r, 401, "invalid_client").await;
+    }
+    oauth_error(
+        form(
+            &app,
+            token,
+            &[
+                ("grant_type", "client_credentials"),
+                ("client_secret", RS_SECRET),
+            ],
+            Some(("rs", RS_SECRET)),
+        )
+        .await,
+        400,
+        "invalid_request",
+    )
+    .await;
+    oauth_error(
+        form(
+            &app,
+            token,
+            &[("grant_type", "client_credentials"), ("client_id", "svc")],
+            None,
+        )
+        .await,
+        401,
+        "invalid_client",
+    )
+    .await;
+
+    // A disabled account gets no token, even with the right password.
+    let user = app.login("err@example.com").await;
+    let me: Value = app
+        .get_auth("/auth/me", &user.access)
+        .await
+        .json()
+        .await
+        .unwrap();
+    app.state
+        .auth
+        .update_user(
+            keygate::auth::Actor::Operator,
+            me["id"].as_str().unwrap(),
+            keygate::auth::UserPatch {
+                is_active: Some(false),
+                ..Default::default()
+            },
+            &keygate::domain::ClientInfo::default(),
+        )
+        .await
+        .unwrap();
+    let body = oauth_error(
+        form(
+            &app,
+            token,
+            &[
+                ("grant_type", "password"),
+                ("username", "err@example.com"),
+                ("password", PASSWORD),
+            ],
+            None,
+        )
+        .await,
+        400,
+        "invalid_grant",
+    )
+    .await;
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("disabled"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn client_credentials_tokens_carry_the_clients_roles_and_belong_to_no_session() {
+    let Some(app) = spawn().await else {
+        return;
+    };
+    let token = "/oauth/token";
+    let grant = [("grant_type", "client_credentials"), ("scope", "invoices")];
+    let r = form(&app, token, &grant, Some(("svc", SVC_SECRET))).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    let body: Value = r.json().await.unwrap();
+    assert!(body.get("refresh_token").is_none(), "{body}");
+    assert_eq!(body["scope"], "invoices");
+    let access = body["access_token"].as_str().unwrap();
+    let facts = introspect(&app, access).await;
+    assert_eq!(facts["active"], true);
+    assert_eq!(facts["sub"], "svc");
+    assert_eq!(facts["client_id"], "svc");
+    assert_eq!(facts["sid"], "client:svc");
+    assert_eq!(facts["roles"], json!(["service"]));
+    assert_eq!(facts["permissions"], json!(["invoices:read"]));
+    // Not a user: Keygate's own user endpoints refuse it.
+    assert_eq!(app.me_status(access).await, StatusCode::UNAUTHORIZED);
+
+    // client_secret_post works as well; an argon2-hashed secret works (twice: the second is
+    // answered from the remembered digest) and a wrong one still fails.
+    let post = [
+        ("grant_type", "client_credentials"),
+        ("client_id", "svc"),
+        ("client_secret", SVC_SECRET),
+    ];
+    assert_eq!(
+        form(&app, token, &post, None).await.status(),
+        StatusCode::OK
+    );
+    for _ in 0..2 {
+        assert_eq!(
+            form(&app, token, &grant, Some(("argon", ARGON_SECRET)))
+                .await
+                .status(),
+            StatusCode::OK
+        );
+    }
+    oauth_error(
+        form(
+            &app,
+            token,
+            &grant,
+            Some(("argon", "argon2 protected client secreT")),
+        )
+        .await,
+        401,
+        "invalid_client",
+    )
+    .await;
+    // A client without the grant, and no client at all.
+    oauth_error(
+        form(&app, token, &grant, Some(("rs", RS_SECRET))).await,
+        400,
+        "unauthorized_client",
+    )
+    .await;
+    oauth_error(form(&app, token, &grant, None).await, 401, "invalid_client").await;
+}
+
+#[tokio::test]
+async fn revocation_ends_the_session_of_a_refresh_or_access_token_and_answers_200_to_anything() {
+    let Some(app) = spawn().await else {
+        return;
+    };
+    app.register("rev@example.com").await;
+    let revoke = |token: String, hint: &'static str| {
+        let app = &app;
+        async move {
+            let r = form(
+                app,
+                "/oauth/revoke",
+                &[("token", &token), ("token_type_hint", hint)],
+                None,
+            )
+            .await;
+            assert_eq!(r.status(), StatusCode::OK, "{token}");
+            assert_eq!(r.headers()["cache-control"], "no-store");
+            assert!(r.bytes().await.unwrap().is_empty());
+        }
+    };
+    // A refresh token (with the wrong hint: a hint only).
+    let a = password_grant(&app, "rev@example.com").await;
+    revoke(
+        a["refresh_token"].as_str().unwrap().to_owned(),
+        "access_token",
+    )
+    .await;
+    assert_eq!(
+        app.me_status(a["access_token"].as_str().unwrap()).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        app.refresh(a["refresh_token"].as_str().unwrap())
+            .await
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+    // An access token ends its session too.
+    let b = password_grant(&app, "rev@example.com").await;
+    revoke(b["access_token"].as_str().unwrap().to_owned(), "").await;
+    assert_eq!(
+        app.refresh(b["refresh_token"].as_str().unwrap())
+            .await
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+    // Already revoked, unknown, malformed: 200 all the same.
+    revoke(
+        a["refresh_token"].as_str().unwrap().to_owned(),
+        "refresh_token",
+    )
+    .await;
+    revoke("x".repeat(40), "refresh_token").await;
+    revoke("a.b.c".to_owned(), "access_token").await;
+    // Another session was not touched.
+    let c = password_grant(&app, "rev@example.com").await;
+    revoke("not.a.token".to_owned(), "").await;
+    assert_eq!(
+        app.me_status(c["access_token"].as_str().unwrap()).await,
+        StatusCode::OK
+    );
+    // The token parameter is required; a failed client authentication is 401.
+    oauth_error(
+        form(&app, "/oauth/revoke", &[], None).await,
+        400,
+        "invalid_request",
+    )
+    .await;
+    oauth_error(
+        form(
+            &app,
+            "/oauth/revoke",
+            &[("token", "x")],
+            Some(("rs", "wrong secret value")),
+        )
+        .await,
+        401,
+        "invalid_client",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn introspection_describes_live_tokens_and_says_only_inactive_for_the_rest() {
+    let Some(app) = spawn().await else {
+        return;
+    };
+    app.register("intro@example.com").await;
+    let t = password_grant(&app, "intro@example.com").await;
+    let access = t["access_token"].as_str().unwrap();
+    let refresh = t["refresh_token"].as_str().unwrap();
+    let facts = introspect(&app, access).await;
+    let me: Value = app.get_auth("/auth/me", access).await.json().await.unwrap();
+    assert_eq!(facts["active"], true);
+    assert_eq!(facts["sub"], me["id"]);
+    assert_eq!(facts["token_type"], "Bearer");
+    assert_eq!(facts["username"], "intro@example.com");
+    assert_eq!(facts["iss"], app.state.auth.config().issuer);
+    for field in ["sid", "exp", "iat", "aud", "jti", "roles", "permissions"] {
+        assert!(facts.get(field).is_some(), "{field}: {facts}");
+    }
+    let facts = introspect(&app, refresh).await;
+    assert_eq!(facts["active"], true);
+    assert_eq!(facts["token_type"], "refresh_token");
+    assert_eq!(facts["sub"], me["id"]);
+
+    let inactive = json!({"active": false});
+    for junk in ["", "garbage", "a.b.c", "x.y"] {
+        if junk.is_empty() {
+            oauth_error(
+                form(
+                    &app,
+                    "/oauth/introspect",
+                    &[("token", junk)],
+                    Some(("rs", RS_SECRET)),
+                )
+                .await,
+                400,
+                "invalid_request",
+            )
+            .await;
+        } else {
+            assert_eq!(introspect(&app, junk).await, inactive, "{junk}");
+        }
+    }
+    // Expired.
+    app.clock.advance(Duration::from_secs(16 * 60));
+    assert_eq!(introspect(&app, access).await, inactive);
+    // A rotated refresh token, then a logged-out session.
+    let t = password_grant(&app, "intro@example.com").await;
+    let old = t["refresh_token"].as_str().unwrap();
+    let rotated: Value = app.refresh(old).await.json().await.unwrap();
+    assert_eq!(introspect(&app, old).await, inactive);
+    let new_access = rotated["access_token"].as_str().unwrap();
+    assert_eq!(introspect(&app, new_access).await["active"], true);
+    let r = app
+        .client
+        .post(app.url("/auth/logout"))
+        .bearer_auth(new_access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(introspect(&app, new_access).await, inactive);
+    assert_eq!(
+        introspect(&app, rotated["refresh_token"].as_str().unwrap()).await,
+        inactive
+    );
+
+    // Only configured clients may ask.
+    let r = form(&app, "/oauth/introspect", &[("token", access)], None).await;
+    oauth_error(r, 401, "invalid_client").await;
+    let r = form(
+        &app,
+        "/oauth/introspect",
+        &[("token", access)],
+        Some(("rs", "wrong secret value")),
+    )
+    .await;
+    oauth_error(r, 401, "invalid_client").await;
+}
+
+#[tokio::test]
+async fn discovery_and_jwks_are_cacheable_with_etags_and_built_from_the_issuer() {
+    let Some(app) = TestApp::spawn_with("issuer = \"https://auth.example.com/\"\n").await else {
+        return;
+    };
+    let get = |path: &'static str, etag: Option<String>| {
+        let app = &app;
+        async move {
+            let mut r = app.client.get(app.url(path));
+            if let Some(tag) = etag {
+                r = r.header("if-none-match", tag);
+            }
+            r.send().await.unwrap()
+        }
+    };
+    let mut documents = Vec::new();
+    for path in [
+        "/.well-known/openid-configuration",
+        "/.well-known/oauth-authorization-server",
+    ] {
+        let r = get(path, None).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        assert!(
+            r.headers()["cache-control"]
+                .to_str()
+                .unwrap()
+                .starts_with("public, max-age=")
+        );
+        let etag = r.headers()["etag"].to_str().unwrap().to_owned();
+        documents.push(r.json::<Value>().await.unwrap());
+        let again = get(path, Some(etag.clone())).await;
+        assert_eq!(again.status(), StatusCode::NOT_MODIFIED, "{path}");
+        assert_eq!(again.headers()["etag"], etag.as_str());
+        assert_eq!(
+            get(path, Some("\"other\"".to_owned())).await.status(),
+            StatusCode::OK
+        );
+    }
+    assert_eq!(documents[0], documents[1]);
+    let d = &documents[0];
+    assert_eq!(d["issuer"], "https://auth.example.com/");
+    assert_eq!(
+        d["jwks_uri"],
+        "https://auth.example.com/.well-known/jwks.json"
+    );
+    assert_eq!(d["token_endpoint"], "https://auth.example.com/oauth/token");
+    assert_eq!(
+        d["revocation_endpoint"],
+        "https://auth.example.com/oauth/revoke"
+    );
+    assert_eq!(
+        d["introspection_endpoint"],
+        "https://auth.example.com/oauth/introspect"
+    );
+    assert_eq!(
+        d["grant_types_supported"],
+        json!(["password", "refresh_token", "client_credentials"])
+    );
+    assert_eq!(d["response_types_supported"], json!([]));
+    assert_eq!(d["id_token_signing_alg_values_supported"], json!(["EdDSA"]));
+    assert!(
+        d["token_endpoint_auth_methods_supported"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("client_secret_basic"))
+    );
+
+    let r = get("/.well-known/jwks.json", None).await;
+    let etag = r.headers()["etag"].to_str().unwrap().to_owned();
+    assert!(
+        r.headers()["cache-control"]
+            .to_str()
+            .unwrap()
+            .starts_with("public, max-age=")
+    );
+    assert_eq!(
+        get("/.well-known/jwks.json", Some(etag)).await.status(),
+        StatusCode::NOT_MODIFIED
+    );
+}
+
+#[tokio::test]
+async fn the_token_endpoint_is_rate_limited_by_rate_limits_token() {
+    let Some(app) = TestApp::spawn_with("[rate_limits]\ntoken = \"2/1m\"\n").await else {
+        return;
+    };
+    for _ in 0..2 {
+        oauth_error(
+            form(&app, "/oauth/token", &[("grant_type", "nope")], None).await,
+            400,
+            "unsupported_grant_type",
+        )
+        .await;
+    }
+    let r = form(&app, "/oauth/token", &[("grant_type", "nope")], None).await;
+    assert!(
+        r.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            >= 1
+    );
+    oauth_error(r, 429, "temporarily_unavailable").await;
+}
