@@ -21,7 +21,7 @@ use time::OffsetDateTime;
 pub use account::{ProfileChange, Registration};
 pub use admin::{ADMIN_ROLE, Actor, Page, UserPatch, page_size};
 pub use import::Imported;
-pub use oauth::{ClientToken, Introspection};
+pub use oauth::{ClientToken, FEED_OVERLAP_MS, FeedCursor, Introspection, Revocations};
 pub use sessions::{LogoutScope, Principal, TokenPair};
 
 use crate::clock::Clock;
@@ -288,7 +288,14 @@ impl Auth {
                 ago(self.config.audit_retention),
             )
             .await?;
+        // The revocation feed must outlive every access token of its sessions.
+        let keep = self.config.access_ttl + self.config.leeway + Duration::from_secs(60);
+        let revocations = self
+            .store
+            .purge_revocations(i64::try_from(keep.as_millis()).unwrap_or(i64::MAX))
+            .await?;
         tracing::info!(
+            revocations,
             sessions = counts.sessions,
             sealed_successors = counts.sealed_successors,
             audit_events = counts.audit_events,

@@ -190,3 +190,89 @@ impl Auth {
         Ok(self.store.find_user(id).await?.filter(|u| u.is_active))
     }
 }
+
+/// The revocation feed's page size.
+const FEED_PAGE: u32 = 1000;
+/// How far back each cursor reaches again: a revocation whose transaction commits up to this
+/// long after the database stamped it is still delivered (followers ignore repeats).
+pub const FEED_OVERLAP_MS: i64 = 2000;
+/// How often a long poll looks at the database.
+const FEED_POLL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Where a follower of the revocation feed stands: entries after `after` (database time, Unix
+/// milliseconds), of which it already holds `known`. Text form `<after>.<known>`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FeedCursor {
+    /// Scan entries stamped after this.
+    pub after: i64,
+    /// How many of those the follower already has.
+    pub known: usize,
+}
+
+impl FeedCursor {
+    /// Parses `<after>.<known>`.
+    pub fn parse(text: &str) -> Option<FeedCursor> {
+        let (after, known) = text.split_once('.')?;
+        Some(FeedCursor {
+            after: after.parse().ok().filter(|a: &i64| *a >= 0)?,
+            known: known.parse().ok()?,
+        })
+    }
+}
+
+impl std::fmt::Display for FeedCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.after, self.known)
+    }
+}
+
+/// One answer of the revocation feed.
+#[derive(Debug, Clone)]
+pub struct Revocations {
+    /// Sessions that ended (each possibly again: a follower keeps a set).
+    pub sessions: Vec<crate::domain::SessionId>,
+    /// Where to continue.
+    pub cursor: FeedCursor,
+}
+
+impl Auth {
+    /// The sessions that ended since `cursor` (from the start of the retained feed without
+    /// one), waiting up to `wait` for one to end when there is nothing new. Entries are kept
+    /// at least `access_ttl + leeway`, as long as any access token of theirs can be live.
+    pub async fn revocations(
+        &self,
+        cursor: FeedCursor,
+        wait: std::time::Duration,
+    ) -> Result<Revocations, AuthError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let page = self
+                .store
+                .revocations_since(cursor.after, FEED_PAGE)
+                .await?;
+            let now = tokio::time::Instant::now();
+            if page.ended.len() > cursor.known || now >= deadline {
+                let next = if page.ended.len() == FEED_PAGE as usize {
+                    // A full page: continue from its last stamp (ties come again).
+                    let last = page.ended.last().map_or(cursor.after, |(_, at)| *at);
+                    let after = last - 1;
+                    FeedCursor {
+                        after,
+                        known: page.ended.iter().filter(|(_, at)| *at > after).count(),
+                    }
+                } else {
+                    let after = cursor.after.max(page.now - FEED_OVERLAP_MS);
+                    FeedCursor {
+                        after,
+                        known: page.ended.iter().filter(|(_, at)| *at > after).count(),
+                    }
+                };
+                return Ok(Revocations {
+                    sessions: page.ended.into_iter().map(|(id, _)| id).collect(),
+                    cursor: next,
+                });
+            }
+            tokio::time::sleep(FEED_POLL.min(deadline - now)).await;
+        }
+    }
+}

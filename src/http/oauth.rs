@@ -33,6 +33,7 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
         .route("/oauth/token", post(token))
         .route("/oauth/revoke", post(revoke))
         .route("/oauth/introspect", post(introspect))
+        .route("/oauth/revocations", get(revocations))
         .route("/.well-known/oauth-authorization-server", get(discovery))
         .route("/.well-known/openid-configuration", get(discovery))
 }
@@ -443,6 +444,67 @@ async fn introspect(
             client_id: t.claims.client_id.as_deref(),
             username: t.username.as_deref(),
         }),
+    };
+    Ok(no_store(axum::Json(body).into_response()))
+}
+
+/// Longest long poll of the revocation feed.
+const MAX_FEED_WAIT: u64 = 30;
+
+#[derive(Serialize)]
+struct RevocationsBody {
+    /// `sid`s of sessions that ended (possibly repeated from an earlier answer).
+    revoked: Vec<String>,
+    /// Pass it as `since` next time.
+    cursor: String,
+}
+
+/// The revocation feed for resource servers (`oauth.clients`, HTTP Basic):
+/// `GET /oauth/revocations?since=<cursor>&wait=<seconds>` answers the `sid`s of sessions that
+/// ended after the cursor (all retained ones without it) and the next cursor, waiting up to
+/// `wait` seconds (at most 30) for one when there is none.
+async fn revocations(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Result<Response, OAuthError> {
+    let mut params = BTreeMap::new();
+    for (k, v) in url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        if params.insert(k.to_string(), v.into_owned()).is_some() {
+            return Err(OAuthError::invalid_request(format!(
+                "{k} appears more than once"
+            )));
+        }
+    }
+    let query = Form(params);
+    if client(&state, &headers, &Form(BTreeMap::new()))
+        .await?
+        .is_none()
+    {
+        return Err(OAuthError::invalid_client());
+    }
+    let cursor = match query.get("since").filter(|s| !s.is_empty()) {
+        None => crate::auth::FeedCursor::default(),
+        Some(text) => crate::auth::FeedCursor::parse(text)
+            .ok_or_else(|| OAuthError::invalid_request("since is not a cursor of this feed"))?,
+    };
+    let wait = match query.get("wait").filter(|s| !s.is_empty()) {
+        None => 0,
+        Some(text) => text
+            .parse::<u64>()
+            .map_err(|_| OAuthError::invalid_request("wait must be a number of seconds"))?,
+    };
+    // Within the request timeout, whatever was asked.
+    let limit = state
+        .auth
+        .config()
+        .request_timeout
+        .saturating_sub(std::time::Duration::from_secs(1));
+    let wait = std::time::Duration::from_secs(wait.min(MAX_FEED_WAIT)).min(limit);
+    let feed = state.auth.revocations(cursor, wait).await?;
+    let body = RevocationsBody {
+        revoked: feed.sessions.iter().map(ToString::to_string).collect(),
+        cursor: feed.cursor.to_string(),
     };
     Ok(no_store(axum::Json(body).into_response()))
 }

@@ -10,6 +10,7 @@ mod batch;
 mod cache;
 mod keys;
 mod purge;
+mod revocations;
 mod sessions;
 mod users;
 

@@ -669,3 +669,138 @@ async fn the_token_endpoint_is_rate_limited_by_rate_limits_token() {
     );
     oauth_error(r, 429, "temporarily_unavailable").await;
 }
+
+/// `GET /oauth/revocations` as the resource server `rs`.
+async fn feed(app: &TestApp, since: &str, wait: u64) -> Value {
+    let r = app
+        .client
+        .get(app.url(&format!("/oauth/revocations?since={since}&wait={wait}")))
+        .basic_auth("rs", Some(RS_SECRET))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    r.json().await.unwrap()
+}
+
+fn revoked(page: &Value) -> Vec<String> {
+    page["revoked"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_revocation_feed_tells_another_node_of_a_logout_within_a_second_or_two() {
+    let Some(a) = spawn().await else {
+        return;
+    };
+    let b = a.sibling(&clients()).await;
+    let first = a.user("feed@example.com").await;
+    let second = a.login("feed@example.com").await;
+    let start = feed(&b, "", 0).await;
+    assert!(revoked(&start).is_empty(), "{start}");
+    let cursor = start["cursor"].as_str().unwrap().to_owned();
+
+    // A follower long-polls node B; the user logs out on node A.
+    let poll = {
+        let (b_url, cursor) = (b.url(""), cursor.clone());
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let r = reqwest::Client::new()
+                .get(format!("{b_url}/oauth/revocations?since={cursor}&wait=20"))
+                .basic_auth("rs", Some(RS_SECRET))
+                .send()
+                .await
+                .unwrap();
+            (r.json::<Value>().await.unwrap(), started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let logged_out = std::time::Instant::now();
+    let r = a
+        .client
+        .post(a.url("/auth/logout"))
+        .bearer_auth(&first.access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let (page, waited) = poll.await.unwrap();
+    let learned = logged_out.elapsed();
+    assert_eq!(revoked(&page), [first.session_id.clone()], "{page}");
+    assert!(
+        waited >= Duration::from_millis(400),
+        "it waited for news: {waited:?}"
+    );
+    assert!(
+        learned < Duration::from_secs(2),
+        "learned after {learned:?}"
+    );
+
+    // Nothing new: an empty wait=0 answer may repeat recent entries, never the live session.
+    let cursor = page["cursor"].as_str().unwrap().to_owned();
+    let again = feed(&b, &cursor, 0).await;
+    assert!(!revoked(&again).contains(&second.session_id), "{again}");
+
+    // A password change ends the other sessions; deleting the user ends the rest. Both show.
+    let third = a.login("feed@example.com").await;
+    let r = a
+        .client
+        .post(a.url("/auth/password"))
+        .bearer_auth(&third.access)
+        .json(
+            &json!({"current_password": PASSWORD, "new_password": "another staple for the horse"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let page = feed(&b, &cursor, 5).await;
+    assert!(revoked(&page).contains(&second.session_id), "{page}");
+    assert!(!revoked(&page).contains(&third.session_id), "{page}");
+    let cursor = page["cursor"].as_str().unwrap().to_owned();
+    let me: Value = a
+        .get_auth("/auth/me", &third.access)
+        .await
+        .json()
+        .await
+        .unwrap();
+    a.state
+        .auth
+        .delete_user(
+            keygate::auth::Actor::Operator,
+            me["id"].as_str().unwrap(),
+            &keygate::domain::ClientInfo::default(),
+        )
+        .await
+        .unwrap();
+    let page = feed(&b, &cursor, 5).await;
+    assert!(revoked(&page).contains(&third.session_id), "{page}");
+
+    // From the start of the retained feed, every ended session is there.
+    let all = revoked(&feed(&a, "", 0).await);
+    for sid in [&first.session_id, &second.session_id, &third.session_id] {
+        assert!(all.contains(sid), "{sid} in {all:?}");
+    }
+
+    // Only configured clients; cursors must be the feed's.
+    let r = b
+        .client
+        .get(b.url("/oauth/revocations"))
+        .send()
+        .await
+        .unwrap();
+    oauth_error(r, 401, "invalid_client").await;
+    let r = b
+        .client
+        .get(b.url("/oauth/revocations?since=yesterday"))
+        .basic_auth("rs", Some(RS_SECRET))
+        .send()
+        .await
+        .unwrap();
+    oauth_error(r, 400, "invalid_request").await;
+}
