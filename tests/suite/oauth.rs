@@ -804,3 +804,50 @@ async fn the_revocation_feed_tells_another_node_of_a_logout_within_a_second_or_t
         .unwrap();
     oauth_error(r, 400, "invalid_request").await;
 }
+
+#[tokio::test]
+async fn tokens_from_the_token_endpoint_verify_with_jsonwebtoken_from_the_jwks_alone() {
+    for alg in ["EdDSA", "ES256"] {
+        let Some(app) =
+            TestApp::spawn_with(&format!("{}[signing]\nalgorithm = \"{alg}\"\n", clients())).await
+        else {
+            return;
+        };
+        app.register("jwt@example.com").await;
+        let user = password_grant(&app, "jwt@example.com").await;
+        let r = form(
+            &app,
+            "/oauth/token",
+            &[("grant_type", "client_credentials")],
+            Some(("svc", SVC_SECRET)),
+        )
+        .await;
+        let service: Value = r.json().await.unwrap();
+        let jwks: jsonwebtoken::jwk::JwkSet = app
+            .client
+            .get(app.url("/.well-known/jwks.json"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        for token in [&user["access_token"], &service["access_token"]] {
+            let token = token.as_str().unwrap();
+            let header = jsonwebtoken::decode_header(token).unwrap();
+            let jwk = jwks
+                .find(header.kid.as_deref().unwrap())
+                .expect("the kid is published");
+            let key = jsonwebtoken::DecodingKey::from_jwk(jwk).unwrap();
+            let algorithm: jsonwebtoken::Algorithm = alg.parse().unwrap();
+            let mut validation = jsonwebtoken::Validation::new(algorithm);
+            validation.set_audience(&["keygate"]);
+            validation.set_issuer(&[app.state.auth.config().issuer.as_str()]);
+            validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+            let data = jsonwebtoken::decode::<Value>(token, &key, &validation)
+                .unwrap_or_else(|e| panic!("{alg}: {e}"));
+            assert_eq!(header.typ.as_deref(), Some("at+jwt"));
+            assert!(data.claims["sid"].is_string() && data.claims["jti"].is_string());
+        }
+    }
+}
