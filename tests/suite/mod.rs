@@ -17,6 +17,7 @@ mod operations;
 pub(crate) mod proxy;
 mod redis;
 mod refresh;
+mod resource_server;
 mod services;
 mod sessions;
 mod store;

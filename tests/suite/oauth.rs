@@ -731,7 +731,7 @@ async fn the_revocation_feed_tells_another_node_of_a_logout_within_a_second_or_t
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     let (page, waited) = poll.await.unwrap();
     let learned = logged_out.elapsed();
-    assert_eq!(revoked(&page), [first.session_id.clone()], "{page}");
+    assert_eq!(revoked(&page), vec![first.session_id.clone()], "{page}");
     assert!(
         waited >= Duration::from_millis(400),
         "it waited for news: {waited:?}"

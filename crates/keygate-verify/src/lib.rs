@@ -16,9 +16,23 @@
 //! - `exp` is in the future and `iat` not in the future, both within the configured leeway,
 //!   measured against the `now` the caller passes in (so tests and callers control time).
 //!
-//! What it cannot know: whether the token's session was revoked a moment ago. Keygate's own
-//! endpoints check that against the database; a resource server that needs revocation at once
-//! should ask Keygate's introspection endpoint instead of (or after) verifying locally.
+//! What it cannot know alone: whether the token's session was revoked a moment ago. Keygate's
+//! own endpoints check that against the database. A resource server learns it with the
+//! `remote` feature: `RemoteVerifier` follows Keygate's revocation feed and refuses such a
+//! token about a second after the logout, or asks the introspection endpoint on demand.
+//!
+//! # Features
+//!
+//! - (none, the default) [`Verifier`]: static keys (a JWKS document, PEM or JWK keys, HS256
+//!   secrets); depends on `jsonwebtoken` and `serde` only.
+//! - `remote`: `RemoteVerifier` follows a running Keygate: keys from its JWKS URL (cached per
+//!   `Cache-Control`, fetched again on an unknown `kid` at most once per interval), the
+//!   revocation feed, and introspection. Brings `reqwest` (rustls) and `tokio`.
+//! - `axum`: the `VerifiedToken` extractor and `BearerError` (RFC 6750 `invalid_token`
+//!   and `insufficient_scope` answers) for axum resource servers; the guards are
+//!   [`Claims::require_role`] and [`Claims::require_permission`].
+//!
+//! A complete resource server is Keygate's `examples/resource_server.rs`.
 //!
 //! # Example
 //!
@@ -38,6 +52,16 @@
 
 use std::collections::HashMap;
 use std::fmt;
+
+#[cfg(feature = "axum")]
+mod extract;
+#[cfg(feature = "remote")]
+mod remote;
+
+#[cfg(feature = "axum")]
+pub use extract::{BearerError, TokenVerifier, Verification, VerifiedToken};
+#[cfg(feature = "remote")]
+pub use remote::{RemoteConfig, RemoteError, RemoteVerifier};
 
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -193,6 +217,9 @@ pub enum VerifyError {
     /// `exp` has passed beyond the leeway.
     #[error("token expired")]
     Expired,
+    /// The token's session has ended (known from Keygate's revocation feed).
+    #[error("session ended")]
+    Revoked,
 }
 
 /// Errors building a [`Verifier`].
