@@ -261,3 +261,54 @@ async fn the_remote_verifier_fetches_keys_for_an_unknown_kid_at_most_once_per_in
     );
     assert_eq!(slow.await.unwrap().unwrap_err(), VerifyError::UnknownKey);
 }
+
+#[tokio::test]
+async fn the_remote_verifier_introspects_with_its_client_credentials() {
+    use keygate_verify::{RemoteConfig, RemoteError, RemoteVerifier};
+    let clients = format!("[[oauth.clients]]\nid = \"rs\"\nsecret = \"{RS_SECRET}\"\n");
+    let Some(app) = TestApp::spawn_with(&clients).await else {
+        return;
+    };
+    let issuer = app.state.auth.config().issuer.clone();
+    let config = RemoteConfig {
+        base_url: Some(app.base.clone()),
+        ..RemoteConfig::new(&issuer, "EdDSA", &["keygate"])
+    };
+    let anonymous = RemoteVerifier::start(config.clone()).await.unwrap();
+    let client = RemoteVerifier::start(RemoteConfig {
+        client: Some(("rs".to_owned(), RS_SECRET.to_owned())),
+        ..config.clone()
+    })
+    .await
+    .unwrap();
+    let wrong = RemoteVerifier::start(RemoteConfig {
+        client: Some(("rs".to_owned(), "not the secret at all".to_owned())),
+        ..config
+    })
+    .await
+    .unwrap();
+    let user = app.user("intro@example.com").await;
+    let facts = client
+        .introspect(&user.access)
+        .await
+        .unwrap()
+        .expect("live");
+    assert_eq!(facts["sid"], user.session_id.as_str());
+    assert!(matches!(
+        anonymous.introspect(&user.access).await,
+        Err(RemoteError::NoClient)
+    ));
+    assert!(matches!(
+        wrong.introspect(&user.access).await,
+        Err(RemoteError::Http(_))
+    ));
+    let r = app
+        .client
+        .post(app.url("/auth/logout"))
+        .bearer_auth(&user.access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert!(client.introspect(&user.access).await.unwrap().is_none());
+}
