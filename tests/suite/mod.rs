@@ -10,6 +10,7 @@ mod cookies;
 mod cors;
 mod errors;
 mod families;
+mod interop;
 mod logout;
 mod nodes;
 mod oauth;
