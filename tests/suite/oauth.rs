@@ -185,110 +185,76 @@ async fn token_errors_are_rfc_6749_errors() {
     };
     app.register("err@example.com").await;
     let token = "/oauth/token";
-    oauth_error(form(&app, token, &[], None).await, 400, "invalid_request").await;
-    oauth_error(
-        form(&app, token, &[("grant_type", "authorization_code")], None).await,
-        400,
-        "unsupported_grant_type",
-    )
-    .await;
-    oauth_error(
-        form(
-            &app,
-            token,
+    let wrong_password = [
+        ("grant_type", "password"),
+        ("username", "err@example.com"),
+        ("password", "wrong password"),
+    ];
+    let cases: [(&[(&str, &str)], Option<(&str, &str)>, u16, &str); 9] = [
+        (&[], None, 400, "invalid_request"),
+        (
+            &[("grant_type", "authorization_code")],
+            None,
+            400,
+            "unsupported_grant_type",
+        ),
+        (
             &[("grant_type", "password"), ("username", "err@example.com")],
             None,
-        )
-        .await,
-        400,
-        "invalid_request",
-    )
-    .await;
-    oauth_error(
-        form(
-            &app,
-            token,
-            &[
-                ("grant_type", "password"),
-                ("username", "err@example.com"),
-                ("password", "wrong password"),
-            ],
-            None,
-        )
-        .await,
-        400,
-        "invalid_grant",
-    )
-    .await;
-    oauth_error(
-        form(
-            &app,
-            token,
+            400,
+            "invalid_request",
+        ),
+        (&wrong_password, None, 400, "invalid_grant"),
+        (
             &[("grant_type", "password"), ("grant_type", "password")],
             None,
-        )
-        .await,
-        400,
-        "invalid_request",
-    )
-    .await;
-    oauth_error(
-        form(
-            &app,
-            token,
+            400,
+            "invalid_request",
+        ),
+        (
             &[("grant_type", "refresh_token"), ("refresh_token", "nope")],
             None,
-        )
-        .await,
-        400,
-        "invalid_grant",
-    )
-    .await;
-    // JSON is not a form.
-    let r = app.post(token, &json!({"grant_type": "password"})).await;
-    oauth_error(r, 400, "invalid_request").await;
-
-    // Client authentication: wrong secret, unknown client, both methods, a confidential
-    // client naming itself without its secret.
-    for basic in [("rs", "wrong secret value"), ("nobody", RS_SECRET)] {
-        let r = form(&app, token, &[("grant_type", "password")], Some(basic)).await;
-        assert_eq!(
-            r.headers()["www-authenticate"]
-                .to_str()
-                .unwrap()
-                .split(' ')
-                .next(),
-            Some("Basic")
-        );
-        oauth_error(r, 401, "invalid_client").await;
-    }
-    oauth_error(
-        form(
-            &app,
-            token,
+            400,
+            "invalid_grant",
+        ),
+        // Both client authentication methods at once.
+        (
             &[
                 ("grant_type", "client_credentials"),
                 ("client_secret", RS_SECRET),
             ],
             Some(("rs", RS_SECRET)),
-        )
-        .await,
-        400,
-        "invalid_request",
-    )
-    .await;
-    oauth_error(
-        form(
-            &app,
-            token,
+            400,
+            "invalid_request",
+        ),
+        // A confidential client naming itself without its secret.
+        (
             &[("grant_type", "client_credentials"), ("client_id", "svc")],
             None,
-        )
-        .await,
-        401,
-        "invalid_client",
-    )
-    .await;
+            401,
+            "invalid_client",
+        ),
+        // A wrong secret.
+        (
+            &[("grant_type", "password")],
+            Some(("rs", "wrong secret value")),
+            401,
+            "invalid_client",
+        ),
+    ];
+    for (pairs, basic, status, code) in cases {
+        oauth_error(form(&app, token, pairs, basic).await, status, code).await;
+    }
+    // JSON is not a form.
+    let r = app.post(token, &json!({"grant_type": "password"})).await;
+    oauth_error(r, 400, "invalid_request").await;
+    // Failed client authentication challenges with Basic, for a known or unknown client.
+    for basic in [("rs", "wrong secret value"), ("nobody", RS_SECRET)] {
+        let r = form(&app, token, &[("grant_type", "password")], Some(basic)).await;
+        let challenge = r.headers()["www-authenticate"].to_str().unwrap().to_owned();
+        assert!(challenge.starts_with("Basic "), "{challenge}");
+        oauth_error(r, 401, "invalid_client").await;
+    }
 
     // A disabled account gets no token, even with the right password.
     let user = app.login("err@example.com").await;
