@@ -178,6 +178,14 @@ async fn the_password_grant_logs_in_by_form_and_the_refresh_grant_rotates_with_g
     oauth_error(rotate(successor).await, 400, "invalid_grant").await;
 }
 
+/// A request (form pairs, Basic credentials) and the status and error it must get.
+type Case<'a> = (
+    &'a [(&'a str, &'a str)],
+    Option<(&'a str, &'a str)>,
+    u16,
+    &'a str,
+);
+
 #[tokio::test]
 async fn token_errors_are_rfc_6749_errors() {
     let Some(app) = spawn().await else {
@@ -190,7 +198,7 @@ async fn token_errors_are_rfc_6749_errors() {
         ("username", "err@example.com"),
         ("password", "wrong password"),
     ];
-    let cases: [(&[(&str, &str)], Option<(&str, &str)>, u16, &str); 9] = [
+    let cases: [Case<'_>; 9] = [
         (&[], None, 400, "invalid_request"),
         (
             &[("grant_type", "authorization_code")],
