@@ -160,6 +160,12 @@ pub(crate) fn is_transient(e: &sqlx::Error) -> bool {
     }
 }
 
+/// SQLite's "database is locked" (SQLITE_BUSY, and its extended codes).
+fn is_busy(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d)
+        if d.code().is_some_and(|c| c.parse::<i32>().is_ok_and(|c| c & 0xff == 5)))
+}
+
 impl Store {
     /// Opens the database named by `database_url` (creating a SQLite file if needed).
     /// Does not migrate: call [`Store::migrate`].
@@ -194,6 +200,34 @@ impl Store {
             // six connections keeps its own copy of the same pages): the hot rows are cached
             // above the database for 500 ms, and the operating system caches the file anyway.
             .pragma("cache_size", "-256");
+        // Nodes (or `keygate` commands) opening one new file at the same moment can meet
+        // SQLITE_BUSY outside the busy handler (while one of them switches the file to WAL):
+        // that is not an error worth failing start-up for, so the opening is tried again.
+        let mut attempt = 0;
+        let (writer, batcher, reader) = loop {
+            match Self::open_sqlite(cfg, &opts).await {
+                Err(e) if attempt < 8 && is_busy(&e) => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(25 * attempt)).await;
+                }
+                other => break other?,
+            }
+        };
+        Ok(Store {
+            backend: Backend::Sqlite {
+                reader,
+                writer,
+                batcher,
+            },
+            cache: Default::default(),
+        })
+    }
+
+    /// The writer pool, the group-commit task and the reader pool of a SQLite file.
+    async fn open_sqlite(
+        cfg: &Config,
+        opts: &SqliteConnectOptions,
+    ) -> Result<(SqlitePool, batch::Batcher, SqlitePool), sqlx::Error> {
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(cfg.database_acquire_timeout)
@@ -205,16 +239,9 @@ impl Store {
         let reader = SqlitePoolOptions::new()
             .max_connections(cfg.database_max_connections.min(4))
             .acquire_timeout(cfg.database_acquire_timeout)
-            .connect_with(opts.read_only(true))
+            .connect_with(opts.clone().read_only(true))
             .await?;
-        Ok(Store {
-            backend: Backend::Sqlite {
-                reader,
-                writer,
-                batcher,
-            },
-            cache: Default::default(),
-        })
+        Ok((writer, batcher, reader))
     }
 
     /// This store with its read cache timed by `clock` (the server's clock, so that tests

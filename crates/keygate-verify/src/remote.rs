@@ -252,7 +252,20 @@ impl RemoteVerifier {
     }
 
     /// Asks Keygate (`POST /oauth/introspect`) about `token`: `Some` with RFC 7662's fields
-    /// when it is live now, `None` when it is not.
+    /// when it is live now, `None` when it is not. Slower than [`RemoteVerifier::verify`] (a
+    /// request per call) but exact: for the rare decision that cannot accept the follower's
+    /// second of delay, or for tokens this verifier cannot check itself (refresh tokens).
+    ///
+    /// ```no_run
+    /// # async fn run(verifier: keygate_verify::RemoteVerifier, token: &str)
+    /// # -> Result<(), keygate_verify::RemoteError> {
+    /// // `verifier` was started with `client: Some((id, secret))` (an `oauth.clients` entry).
+    /// match verifier.introspect(token).await? {
+    ///     Some(facts) => println!("live: user {} in session {}", facts["sub"], facts["sid"]),
+    ///     None => println!("not live: expired, revoked, or not Keygate's"),
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn introspect(&self, token: &str) -> Result<Option<serde_json::Value>, RemoteError> {
         let (id, secret) = self
             .inner
