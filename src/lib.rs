@@ -15,6 +15,7 @@ pub mod clock;
 pub mod config;
 mod conns;
 pub mod domain;
+pub mod envelope;
 pub mod http;
 pub mod limits;
 pub mod password;

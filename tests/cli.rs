@@ -634,3 +634,85 @@ fn import_takes_foreign_hashes_reports_bad_lines_and_upgrades_hashes_at_login() 
         assert_eq!(editor.roles, vec!["editor"]);
     });
 }
+
+/// Issue 14, point 5 through the binary: a KEK from the environment or a file, `keys list`
+/// saying which keys are encrypted, `keys rekey`, and what `config check` and a wrong KEK say.
+#[test]
+fn keys_are_encrypted_with_a_kek_from_the_environment_or_a_file_and_rekeyed() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (one, two) = (
+        "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=",
+        "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=",
+    );
+
+    // No KEK: the key is generated and stored plain, and config check says so.
+    let out = keygate(d, &["keys", "list"], &[]);
+    assert!(out.status.success());
+    let line = stdout(&out).lines().nth(1).unwrap_or_default().to_owned();
+    assert!(line.contains("active") && line.contains(" no "), "{line}");
+    let out = keygate(d, &["config", "check"], &[]);
+    assert!(
+        stdout(&out).contains("# note: signing keys are stored unencrypted"),
+        "{}",
+        stdout(&out)
+    );
+    let out = keygate(d, &["keys", "rekey"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("set signing.key_encryption_key"));
+
+    // A KEK from the environment: sealed at start; config check redacts it and says nothing.
+    let env_one = [("KEYGATE_SIGNING__KEY_ENCRYPTION_KEY", one)];
+    let out = keygate(d, &["keys", "list"], &env_one);
+    let line = stdout(&out).lines().nth(1).unwrap_or_default().to_owned();
+    assert!(line.contains(" yes "), "{line}");
+    let out = keygate(d, &["config", "check"], &env_one);
+    assert!(!stdout(&out).contains(one) && !stdout(&out).contains("# note"));
+    assert!(stdout(&out).contains("key_encryption_key = \"[redacted]\""));
+
+    // A new KEK from a file, the old one as previous: rekey moves the key to it.
+    std::fs::write(d.join("kek"), format!("{two}\n")).unwrap();
+    let kek_file = d.join("kek").display().to_string();
+    let env_two = [
+        (
+            "KEYGATE_SIGNING__KEY_ENCRYPTION_KEY_FILE",
+            kek_file.as_str(),
+        ),
+        ("KEYGATE_SIGNING__PREVIOUS_KEY_ENCRYPTION_KEYS", one),
+    ];
+    let out = keygate(d, &["keys", "rekey"], &env_two);
+    assert!(out.status.success());
+    assert!(
+        stdout(&out).contains("1 signing key(s) encrypted under"),
+        "{}",
+        stdout(&out)
+    );
+
+    // The old KEK alone no longer opens it: one sentence, exit 1.
+    let out = keygate(d, &["keys", "list"], &env_one);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("is not the key it was encrypted with"),
+        "{err}"
+    );
+    assert!(!err.contains(one) && !err.contains(two));
+    let out = keygate(
+        d,
+        &["keys", "list"],
+        &[(
+            "KEYGATE_SIGNING__KEY_ENCRYPTION_KEY_FILE",
+            kek_file.as_str(),
+        )],
+    );
+    assert!(out.status.success());
+
+    // A KEK that is not 32 bytes of base64 is a configuration error naming the key.
+    let out = keygate(
+        d,
+        &["config", "check"],
+        &[("KEYGATE_SIGNING__KEY_ENCRYPTION_KEY", "too short")],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("signing.key_encryption_key"));
+}

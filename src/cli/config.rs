@@ -14,6 +14,9 @@ pub(super) fn run(cmd: ConfigCommand, config: &Config) -> Result<(), Failure> {
     match cmd {
         ConfigCommand::Check => {
             print!("{}", config.redacted());
+            if config.signing.stores_keys_unencrypted() {
+                println!("# note: {}", crate::config::UNENCRYPTED_KEYS_WARNING);
+            }
             Ok(())
         }
     }

@@ -28,6 +28,9 @@ pub(super) async fn run(config: Config) -> Result<(), Failure> {
     let app = App::build(config)
         .await
         .map_err(|e| Failure::Runtime(format!("{e}")))?;
+    if app.state().auth.config().signing.stores_keys_unencrypted() {
+        tracing::warn!("{}", crate::config::UNENCRYPTED_KEYS_WARNING);
+    }
     tracing::info!(address = %app.local_addr(), "keygate listening");
     app.run()
         .await

@@ -115,6 +115,36 @@ pub struct SigningConfig {
     pub secret: Option<SecretString>,
     /// HS256 only: older secrets that still verify during a rotation.
     pub previous_secrets: Vec<SecretString>,
+    /// The key encryption key (base64 of 32 bytes, checked) that seals stored private keys;
+    /// from `signing.key_encryption_key` or the file `signing.key_encryption_key_file`.
+    pub key_encryption_key: Option<SecretString>,
+    /// Older key encryption keys: they still open what they sealed (`keygate keys rekey`).
+    pub previous_key_encryption_keys: Vec<SecretString>,
+}
+
+/// What `config check` and the start-up log say when private keys are stored unencrypted.
+pub const UNENCRYPTED_KEYS_WARNING: &str = "signing keys are stored unencrypted in the database: \
+     set signing.key_encryption_key (32 random bytes, base64) to encrypt them";
+
+impl SigningConfig {
+    /// Whether private signing keys are stored in the database without encryption (an
+    /// asymmetric algorithm and no key encryption key).
+    pub fn stores_keys_unencrypted(&self) -> bool {
+        self.algorithm != Algorithm::HS256 && self.key_encryption_key.is_none()
+    }
+
+    /// The envelope that seals and opens stored private keys with the configured KEKs.
+    pub fn envelope(&self) -> crate::envelope::Envelope {
+        // The texts were checked when the configuration was read.
+        let parse = |t: &SecretString| crate::envelope::parse_kek(t.expose_secret());
+        let current = self.key_encryption_key.as_ref().and_then(parse);
+        let previous: Vec<_> = self
+            .previous_key_encryption_keys
+            .iter()
+            .filter_map(parse)
+            .collect();
+        crate::envelope::Envelope::new(current.as_ref(), &previous)
+    }
 }
 
 /// `password.*`
@@ -319,6 +349,17 @@ impl Config {
                     .iter()
                     .map(|_| "[redacted]")
                     .collect(),
+                key_encryption_key: self
+                    .signing
+                    .key_encryption_key
+                    .as_ref()
+                    .map(|_| "[redacted]"),
+                previous_key_encryption_keys: self
+                    .signing
+                    .previous_key_encryption_keys
+                    .iter()
+                    .map(|_| "[redacted]")
+                    .collect(),
             },
             password: &self.password,
             rate_limits: {
@@ -453,6 +494,10 @@ struct RedactedSigning {
     #[serde(skip_serializing_if = "Option::is_none")]
     secret: Option<&'static str>,
     previous_secrets: Vec<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key_encryption_key: Option<&'static str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    previous_key_encryption_keys: Vec<&'static str>,
 }
 
 /// A connection URL with every secret-bearing part replaced by `[redacted]`: the password of
@@ -578,6 +623,9 @@ struct RawSigning {
     algorithm: Option<Text>,
     secret: Option<Text>,
     previous_secrets: Option<TextList>,
+    key_encryption_key: Option<Text>,
+    key_encryption_key_file: Option<Text>,
+    previous_key_encryption_keys: Option<TextList>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1048,10 +1096,48 @@ fn signing(raw: RawSigning) -> Result<SigningConfig, ConfigError> {
             ),
         ));
     }
+    let kek_text = match (raw.key_encryption_key, raw.key_encryption_key_file) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::key(
+                "signing.key_encryption_key_file",
+                "set signing.key_encryption_key or signing.key_encryption_key_file, not both",
+            ));
+        }
+        (Some(t), None) => Some(t.0),
+        (None, Some(path)) => Some(std::fs::read_to_string(&path.0).map_err(|e| {
+            ConfigError::key(
+                "signing.key_encryption_key_file",
+                format!("cannot read `{}`: {e}", path.0),
+            )
+        })?),
+        (None, None) => None,
+    };
+    const KEK_HINT: &str =
+        "must be base64 of 32 random bytes; generate one with `openssl rand -base64 32`";
+    let key_encryption_key = match kek_text {
+        Some(t) if crate::envelope::parse_kek(&t).is_none() => {
+            return Err(ConfigError::key("signing.key_encryption_key", KEK_HINT));
+        }
+        Some(t) => Some(SecretString::from(t.trim().to_owned())),
+        None => None,
+    };
+    let previous_key_encryption_keys: Vec<SecretString> = raw
+        .previous_key_encryption_keys
+        .map(|l| l.0)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|t| {
+            crate::envelope::parse_kek(&t)
+                .map(|_| SecretString::from(t.trim().to_owned()))
+                .ok_or_else(|| ConfigError::key("signing.previous_key_encryption_keys", KEK_HINT))
+        })
+        .collect::<Result<_, _>>()?;
     Ok(SigningConfig {
         algorithm,
         secret,
         previous_secrets,
+        key_encryption_key,
+        previous_key_encryption_keys,
     })
 }
 
@@ -1216,6 +1302,48 @@ mod tests {
 
     fn err(toml: &str) -> String {
         Config::from_toml(toml).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn key_encryption_keys_are_32_bytes_of_base64_from_one_place() {
+        let kek = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
+        let c = Config::from_toml(&format!("signing.key_encryption_key = \"{kek}\"")).unwrap();
+        assert!(!c.signing.stores_keys_unencrypted());
+        assert!(c.signing.envelope().seals());
+        assert!(
+            Config::from_toml("")
+                .unwrap()
+                .signing
+                .stores_keys_unencrypted()
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("kek");
+        std::fs::write(&file, format!("{kek}\n")).unwrap();
+        let from_file = Config::from_toml(&format!(
+            "signing.key_encryption_key_file = \"{}\"",
+            file.display()
+        ))
+        .unwrap();
+        assert_eq!(
+            from_file.signing.envelope().current_id(),
+            c.signing.envelope().current_id()
+        );
+        let e = err(&format!(
+            "signing.key_encryption_key = \"{kek}\"\nsigning.key_encryption_key_file = \"{}\"",
+            file.display()
+        ));
+        assert!(e.contains("not both"), "{e}");
+        let e = err("signing.key_encryption_key_file = \"/nonexistent/kek\"");
+        assert!(e.contains("cannot read `/nonexistent/kek`"), "{e}");
+        let e = err("signing.key_encryption_key = \"c2hvcnQ=\"");
+        assert!(
+            e.contains("32 random bytes") && !e.contains("c2hvcnQ"),
+            "{e}"
+        );
+        let e = err("signing.previous_key_encryption_keys = [\"nope\"]");
+        assert!(e.contains("`signing.previous_key_encryption_keys`"), "{e}");
+        // Redacted in `config check`.
+        assert!(!c.redacted().contains(kek));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 use super::{Store, StoreError, on_pool};
 use crate::clock::{from_millis, to_millis};
+use crate::envelope::SEALED_PREFIX;
 use crate::token::StoredKey;
 use secrecy::{ExposeSecret as _, SecretString};
 
@@ -100,22 +101,83 @@ impl Store {
 
     /// Every signing key with its state (`active`, `next`, `retired`), oldest first.
     pub async fn all_keys(&self) -> Result<Vec<KeyInfo>, StoreError> {
-        let rows: Vec<(String, String, String, i64)> = on_pool!(self, read, |pool| {
-            sqlx::query_as(
-                "select kid, algorithm, state, created_at from signing_keys order by created_at, kid",
-            )
+        let rows: Vec<(String, String, String, i64, bool)> = on_pool!(self, read, |pool| {
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "select kid, algorithm, state, created_at, \
+                 substr(private_key, 1, {len}) = '{SEALED_PREFIX}' \
+                 from signing_keys order by created_at, kid",
+                len = SEALED_PREFIX.len()
+            )))
             .fetch_all(pool)
             .await?
         })?;
         Ok(rows
             .into_iter()
-            .map(|(kid, algorithm, state, created_at)| KeyInfo {
+            .map(|(kid, algorithm, state, created_at, encrypted)| KeyInfo {
                 kid,
                 algorithm,
                 state,
                 created_at: from_millis(created_at),
+                encrypted,
             })
             .collect())
+    }
+
+    /// Every key's id and private part as stored (sealed or plain), for re-sealing.
+    pub async fn stored_private_keys(&self) -> Result<Vec<(String, SecretString)>, StoreError> {
+        let rows: Vec<(String, String)> = on_pool!(self, write, |pool| {
+            sqlx::query_as("select kid, private_key from signing_keys order by kid")
+                .fetch_all(pool)
+                .await?
+        })?;
+        Ok(rows
+            .into_iter()
+            .map(|(kid, text)| (kid, SecretString::from(text)))
+            .collect())
+    }
+
+    /// Replaces key `kid`'s private part `old` with `new` (the same key, sealed anew); a node
+    /// that did it first wins and this returns `false`. On SQLite the old text is overwritten
+    /// in the file (`secure_delete`) and the write-ahead log truncated, so that no copy of a
+    /// plain key stays on disk.
+    pub async fn reseal_key(
+        &self,
+        kid: &str,
+        old: &SecretString,
+        new: &str,
+    ) -> Result<bool, StoreError> {
+        const UPDATE: &str =
+            "update signing_keys set private_key = $1 where kid = $2 and private_key = $3";
+        let done = match &self.backend {
+            super::Backend::Sqlite { writer, .. } => {
+                let mut conn = writer.acquire().await?;
+                sqlx::query("pragma secure_delete = on")
+                    .execute(&mut *conn)
+                    .await?;
+                let done = sqlx::query(UPDATE)
+                    .bind(new)
+                    .bind(kid)
+                    .bind(old.expose_secret())
+                    .execute(&mut *conn)
+                    .await;
+                let _ = sqlx::query("pragma secure_delete = off")
+                    .execute(&mut *conn)
+                    .await;
+                let done = done?.rows_affected();
+                sqlx::query("pragma wal_checkpoint(truncate)")
+                    .execute(&mut *conn)
+                    .await?;
+                done
+            }
+            super::Backend::Postgres(pool) => sqlx::query(UPDATE)
+                .bind(new)
+                .bind(kid)
+                .bind(old.expose_secret())
+                .execute(pool)
+                .await?
+                .rows_affected(),
+        };
+        Ok(done == 1)
     }
 }
 
@@ -130,4 +192,6 @@ pub struct KeyInfo {
     pub state: String,
     /// Creation time.
     pub created_at: time::OffsetDateTime,
+    /// Whether the private part is sealed under a key encryption key.
+    pub encrypted: bool,
 }

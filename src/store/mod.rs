@@ -160,12 +160,6 @@ pub(crate) fn is_transient(e: &sqlx::Error) -> bool {
     }
 }
 
-/// SQLite's "database is locked" (SQLITE_BUSY, and its extended codes).
-fn is_busy(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(d)
-        if d.code().is_some_and(|c| c.parse::<i32>().is_ok_and(|c| c & 0xff == 5)))
-}
-
 impl Store {
     /// Opens the database named by `database_url` (creating a SQLite file if needed).
     /// Does not migrate: call [`Store::migrate`].
@@ -206,7 +200,7 @@ impl Store {
         let mut attempt = 0;
         let (writer, batcher, reader) = loop {
             match Self::open_sqlite(cfg, &opts).await {
-                Err(e) if attempt < 8 && is_busy(&e) => {
+                Err(e) if attempt < 8 && is_transient(&e) => {
                     attempt += 1;
                     tokio::time::sleep(Duration::from_millis(25 * attempt)).await;
                 }

@@ -11,6 +11,7 @@ mod cors;
 mod errors;
 mod families;
 mod interop;
+mod keys;
 mod logout;
 mod nodes;
 mod oauth;

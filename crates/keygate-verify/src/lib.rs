@@ -63,6 +63,9 @@ pub use extract::{BearerError, TokenVerifier, Verification, VerifiedToken};
 #[cfg(feature = "remote")]
 pub use remote::{RemoteConfig, RemoteError, RemoteVerifier};
 
+/// The JOSE library this crate verifies with, for building keys (`DecodingKey`) of the same
+/// version as [`Verifier::new`] takes.
+pub use jsonwebtoken;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Serialize};
@@ -279,7 +282,26 @@ pub fn parse_algorithm(name: &str) -> Result<Algorithm, ConfigError> {
 }
 
 impl Verifier {
-    /// A verifier for an asymmetric algorithm with the given public keys by `kid`.
+    /// A verifier for an asymmetric algorithm with the given public keys by `kid`: for keys
+    /// from files (PEM) or JWKs. The algorithm is the verifier's, whatever a token's header
+    /// says.
+    ///
+    /// ```
+    /// use keygate_verify::{Verifier, VerifyError};
+    /// use keygate_verify::jsonwebtoken::{Algorithm, DecodingKey};
+    ///
+    /// let pem = "-----BEGIN PUBLIC KEY-----\n\
+    ///            MCowBQYDK2VwAyEA11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=\n\
+    ///            -----END PUBLIC KEY-----\n";
+    /// let key = DecodingKey::from_ed_pem(pem.as_bytes()).expect("an Ed25519 public key");
+    /// let verifier = Verifier::new(
+    ///     Algorithm::EdDSA,
+    ///     [("k1".to_owned(), key)],
+    ///     "https://auth.example.com",
+    ///     &["my-api"],
+    /// );
+    /// assert_eq!(verifier.verify("x.y.z", 1_700_000_000), Err(VerifyError::Malformed));
+    /// ```
     pub fn new(
         algorithm: Algorithm,
         keys: impl IntoIterator<Item = (String, DecodingKey)>,
@@ -299,7 +321,22 @@ impl Verifier {
         }
     }
 
-    /// A verifier for HS256 with the current secret first and older ones after it.
+    /// A verifier for HS256 with the current secret first and older ones after it (seed 003's
+    /// rotation: tokens signed with a previous secret still verify until they expire). Every
+    /// secret must be at least 32 bytes.
+    ///
+    /// ```
+    /// use keygate_verify::{ConfigError, Verifier};
+    ///
+    /// let current: &[u8] = b"the current secret, 32 bytes or more";
+    /// let previous: &[u8] = b"the previous one, also 32 bytes or more";
+    /// let verifier =
+    ///     Verifier::hs256(&[current, previous], "https://auth.example.com", &["my-api"])?;
+    /// let short: &[u8] = b"short";
+    /// assert!(Verifier::hs256(&[short], "https://auth.example.com", &["my-api"]).is_err());
+    /// # let _ = verifier;
+    /// # Ok::<(), ConfigError>(())
+    /// ```
     pub fn hs256(
         secrets: &[&[u8]],
         issuer: impl Into<String>,
