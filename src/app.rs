@@ -96,6 +96,7 @@ impl App {
     ) -> std::io::Result<()> {
         let router = http::router(self.state.clone());
         let purger = tokio::spawn(purge_periodically(self.state.clone()));
+        let key_follower = tokio::spawn(follow_keys_periodically(self.state.clone()));
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
@@ -176,6 +177,7 @@ impl App {
             tracing::warn!("in-flight requests did not finish in time; closing anyway");
         }
         purger.abort();
+        key_follower.abort();
         self.state.auth.store().close().await;
         Ok(())
     }
@@ -183,6 +185,19 @@ impl App {
     /// Serves until SIGTERM or Ctrl-C.
     pub async fn run(self) -> std::io::Result<()> {
         self.run_until(shutdown_signal()).await
+    }
+}
+
+/// Looks at the database's signing keys every [`crate::auth::KEY_POLL`] (transitions,
+/// automatic rotation, reloading the key ring); failures are logged and retried.
+async fn follow_keys_periodically(state: Arc<AppState>) {
+    let mut tick = tokio::time::interval(crate::auth::KEY_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = state.auth.follow_keys().await {
+            tracing::warn!(error = %e, "could not follow the signing keys; will retry");
+        }
     }
 }
 

@@ -459,6 +459,11 @@ impl KeyRing {
         self.verifier.verify(token, now.unix_timestamp())
     }
 
+    /// The `kid` of the signing key (`None` for HS256).
+    pub fn signing_kid(&self) -> Option<&str> {
+        self.signing_kid.as_deref()
+    }
+
     /// The JWKS document (`{"keys":[…]}`), rendered once.
     pub fn jwks_json(&self) -> &str {
         &self.jwks

@@ -63,7 +63,7 @@ impl Auth {
     /// An access token for `client` itself (`client_credentials`): its roles and
     /// permissions, no refresh token, no session.
     pub fn client_credentials(&self, client: &OAuthClient) -> Result<ClientToken, AuthError> {
-        let (access_token, expires_in) = self.keys.issue_for_client(
+        let (access_token, expires_in) = self.keys().issue_for_client(
             &client.id,
             &client.roles,
             &client.permissions,
@@ -151,7 +151,7 @@ impl Auth {
                 username: Some(user.username.unwrap_or(user.email)),
             }));
         }
-        let Ok(claims) = self.keys.verify(token, now) else {
+        let Ok(claims) = self.verify_token(token, now).await else {
             return Ok(None);
         };
         if let Some(client) = claims.sid.strip_prefix(crate::token::CLIENT_SESSION_PREFIX) {

@@ -277,7 +277,7 @@ impl Auth {
         refresh_expires_at: OffsetDateTime,
         now: OffsetDateTime,
     ) -> Result<TokenPair, AuthError> {
-        let (access_token, expires_in) = self.keys.issue(
+        let (access_token, expires_in) = self.keys().issue(
             &AccessGrant {
                 user_id: user.id,
                 session_id,
@@ -439,7 +439,7 @@ impl Auth {
 
     /// Verifies a bearer token and checks that its session is still live.
     pub async fn authenticate(&self, bearer: Option<&str>) -> Result<Principal, AuthError> {
-        let principal = self.verify_access(bearer)?;
+        let principal = self.verify_access(bearer).await?;
         if !self
             .store
             .session_is_live(principal.session_id, principal.user_id, self.now())
@@ -451,9 +451,9 @@ impl Auth {
     }
 
     /// Verifies signature and claims only (logout accepts tokens of ended sessions).
-    fn verify_access(&self, bearer: Option<&str>) -> Result<Principal, AuthError> {
+    async fn verify_access(&self, bearer: Option<&str>) -> Result<Principal, AuthError> {
         let token = bearer.ok_or(AuthError::InvalidToken(TokenProblem::Missing))?;
-        let claims = self.keys.verify(token, self.now()).map_err(|e| {
+        let claims = self.verify_token(token, self.now()).await.map_err(|e| {
             AuthError::InvalidToken(if e == VerifyError::Expired {
                 TokenProblem::Expired
             } else {
@@ -511,7 +511,7 @@ impl Auth {
         };
         let (user_id, session_id, fresh) = match (bearer, from_refresh) {
             (Some(_), _) => {
-                let p = self.verify_access(bearer)?;
+                let p = self.verify_access(bearer).await?;
                 let live = self
                     .store
                     .session_is_live(p.session_id, p.user_id, now)

@@ -120,6 +120,10 @@ pub struct SigningConfig {
     pub key_encryption_key: Option<SecretString>,
     /// Older key encryption keys: they still open what they sealed (`keygate keys rekey`).
     pub previous_key_encryption_keys: Vec<SecretString>,
+    /// How long a new key is published before it signs (`signing.rotation.publish_ahead`).
+    pub publish_ahead: Duration,
+    /// Automatic rotation every so long (`signing.rotation.interval`); `None`: off.
+    pub rotation_interval: Option<Duration>,
 }
 
 /// What `config check` and the start-up log say when private keys are stored unencrypted.
@@ -360,6 +364,13 @@ impl Config {
                     .iter()
                     .map(|_| "[redacted]")
                     .collect(),
+                rotation: RedactedRotation {
+                    publish_ahead: format_duration(self.signing.publish_ahead),
+                    interval: self
+                        .signing
+                        .rotation_interval
+                        .map_or_else(|| "0".to_owned(), format_duration),
+                },
             },
             password: &self.password,
             rate_limits: {
@@ -498,6 +509,13 @@ struct RedactedSigning {
     key_encryption_key: Option<&'static str>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     previous_key_encryption_keys: Vec<&'static str>,
+    rotation: RedactedRotation,
+}
+
+#[derive(Serialize)]
+struct RedactedRotation {
+    publish_ahead: String,
+    interval: String,
 }
 
 /// A connection URL with every secret-bearing part replaced by `[redacted]`: the password of
@@ -626,6 +644,14 @@ struct RawSigning {
     key_encryption_key: Option<Text>,
     key_encryption_key_file: Option<Text>,
     previous_key_encryption_keys: Option<TextList>,
+    rotation: Option<RawRotation>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRotation {
+    publish_ahead: Option<Text>,
+    interval: Option<Text>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1132,12 +1158,34 @@ fn signing(raw: RawSigning) -> Result<SigningConfig, ConfigError> {
                 .ok_or_else(|| ConfigError::key("signing.previous_key_encryption_keys", KEK_HINT))
         })
         .collect::<Result<_, _>>()?;
+    let rotation = raw.rotation.unwrap_or_default();
+    let publish_ahead = duration(
+        "signing.rotation.publish_ahead",
+        rotation.publish_ahead,
+        "1h",
+    )?;
+    if publish_ahead < Duration::from_secs(1) {
+        return Err(ConfigError::key(
+            "signing.rotation.publish_ahead",
+            "must be at least 1s: verifiers need the next key before it signs",
+        ));
+    }
+    let interval = duration("signing.rotation.interval", rotation.interval, "0")?;
+    let rotation_interval = (!interval.is_zero()).then_some(interval);
+    if rotation_interval.is_some_and(|i| i <= publish_ahead) {
+        return Err(ConfigError::key(
+            "signing.rotation.interval",
+            "must be longer than signing.rotation.publish_ahead (or `0`: no automatic rotation)",
+        ));
+    }
     Ok(SigningConfig {
         algorithm,
         secret,
         previous_secrets,
         key_encryption_key,
         previous_key_encryption_keys,
+        publish_ahead,
+        rotation_interval,
     })
 }
 

@@ -11,7 +11,7 @@ use super::AppState;
 use super::account::{SessionView, UserView, present};
 use super::error::ApiError;
 use super::extract::{Admin, Client, Json};
-use crate::auth::{Actor, Registration, UserPatch};
+use crate::auth::{Actor, KeyError, Registration, UserPatch};
 use crate::clock::rfc3339;
 use crate::store::AuditRecord;
 
@@ -254,4 +254,93 @@ pub(super) async fn audit(
         events: page.items.into_iter().map(AuditEventView::from).collect(),
         next_cursor: page.next_cursor,
     }))
+}
+
+/// A signing key as `GET /admin/keys` shows it: never a private part.
+#[derive(Debug, Serialize)]
+pub(super) struct KeyView {
+    kid: String,
+    algorithm: String,
+    state: String,
+    encrypted: bool,
+    created_at: String,
+    activate_at: Option<String>,
+    activated_at: Option<String>,
+    retiring_at: Option<String>,
+    retired_at: Option<String>,
+    revoked_at: Option<String>,
+}
+
+impl From<crate::store::KeyInfo> for KeyView {
+    fn from(k: crate::store::KeyInfo) -> Self {
+        KeyView {
+            kid: k.kid,
+            algorithm: k.algorithm,
+            state: k.state,
+            encrypted: k.encrypted,
+            created_at: rfc3339(k.created_at),
+            activate_at: k.activate_at.map(rfc3339),
+            activated_at: k.activated_at.map(rfc3339),
+            retiring_at: k.retiring_at.map(rfc3339),
+            retired_at: k.retired_at.map(rfc3339),
+            revoked_at: k.revoked_at.map(rfc3339),
+        }
+    }
+}
+
+impl From<KeyError> for ApiError {
+    fn from(e: KeyError) -> Self {
+        match e {
+            KeyError::Hs256 => ApiError::NotFound,
+            KeyError::NotInUse(_) => ApiError::NotFound,
+            KeyError::Store(e) => crate::auth::AuthError::from(e).into(),
+            KeyError::Startup(e) => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub(super) struct KeysView {
+    keys: Vec<KeyView>,
+}
+
+/// `GET /admin/keys`: every signing key, oldest first (`[]` with HS256).
+pub(super) async fn list_keys(
+    State(state): State<Arc<AppState>>,
+    _: Admin,
+) -> Result<axum::Json<KeysView>> {
+    let keys = state.auth.list_keys().await?;
+    Ok(axum::Json(KeysView {
+        keys: keys.into_iter().map(KeyView::from).collect(),
+    }))
+}
+
+/// `POST /admin/keys/rotate`: 201 with the new next key, or 200 with the next key of a
+/// rotation already under way; 404 with HS256 (no stored keys).
+pub(super) async fn rotate_keys(
+    State(state): State<Arc<AppState>>,
+    Admin(who): Admin,
+    Client(client): Client,
+) -> Result<(StatusCode, axum::Json<KeyView>)> {
+    let (key, started) = state.auth.rotate_keys(Some(who.user_id), &client).await?;
+    let status = if started {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, axum::Json(key.into())))
+}
+
+/// `POST /admin/keys/{kid}/revoke`: 204; 404 for a key that is not in use.
+pub(super) async fn revoke_key(
+    State(state): State<Arc<AppState>>,
+    Admin(who): Admin,
+    Client(client): Client,
+    Path(kid): Path<String>,
+) -> Result<StatusCode> {
+    state
+        .auth
+        .revoke_key(&kid, Some(who.user_id), &client)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
 }

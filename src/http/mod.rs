@@ -68,6 +68,9 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(admin::user_sessions).delete(admin::end_user_sessions),
         )
         .route("/admin/audit", get(admin::audit))
+        .route("/admin/keys", get(admin::list_keys))
+        .route("/admin/keys/rotate", post(admin::rotate_keys))
+        .route("/admin/keys/{kid}/revoke", post(admin::revoke_key))
         .route("/.well-known/jwks.json", get(jwks))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -174,10 +177,14 @@ async fn limit_headers(req: Request, next: Next) -> Response {
     next.run(req).await
 }
 
-/// The public keys. Cacheable for [`oauth::METADATA_MAX_AGE`]: short enough that a key
-/// published ahead of its use (rotation) is seen before it signs; with an `ETag`.
+/// The public keys (next, active, retiring), with an `ETag`. Cacheable for
+/// [`oauth::METADATA_MAX_AGE`] at most and never more than half of
+/// `signing.rotation.publish_ahead`, so that a verifier caching it for its `max-age` holds the
+/// next key before it signs.
 async fn jwks(State(state): State<Arc<AppState>>, headers: axum::http::HeaderMap) -> Response {
-    oauth::cacheable_json(&headers, state.auth.keys().jwks_json().to_owned())
+    let half_ahead = state.auth.config().signing.publish_ahead.as_secs() / 2;
+    let max_age = oauth::METADATA_MAX_AGE.min(half_ahead);
+    oauth::cacheable_json(&headers, state.auth.keys().jwks_json().to_owned(), max_age)
 }
 
 async fn healthz() -> impl IntoResponse {

@@ -514,7 +514,7 @@ pub(crate) const METADATA_MAX_AGE: u64 = 300;
 
 /// `body` as cacheable JSON with a strong `ETag` (a digest of the body); `If-None-Match` with
 /// that tag gets 304.
-pub(crate) fn cacheable_json(headers: &HeaderMap, body: String) -> Response {
+pub(crate) fn cacheable_json(headers: &HeaderMap, body: String, max_age: u64) -> Response {
     let digest = crate::config::sha256(body.as_bytes());
     let etag = format!(
         "\"{}\"",
@@ -529,7 +529,7 @@ pub(crate) fn cacheable_json(headers: &HeaderMap, body: String) -> Response {
             let t = t.trim();
             t == "*" || t.trim_start_matches("W/") == etag
         });
-    let cache = format!("public, max-age={METADATA_MAX_AGE}");
+    let cache = format!("public, max-age={max_age}");
     let mut r = if matches {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
@@ -575,5 +575,5 @@ async fn discovery(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Re
         "scopes_supported": [],
         "claims_supported": ["iss", "sub", "aud", "exp", "iat", "jti", "sid", "roles", "permissions", "client_id"],
     });
-    cacheable_json(&headers, body.to_string())
+    cacheable_json(&headers, body.to_string(), METADATA_MAX_AGE)
 }

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use crate::helpers::{PASSWORD, TestApp, Tokens, assert_error, claims_of, tokens};
 
 /// Creates `email` with `roles` through the use case (as the CLI does) and logs in.
-async fn make_user(app: &TestApp, email: &str, roles: &[&str]) -> Tokens {
+pub(crate) async fn make_user(app: &TestApp, email: &str, roles: &[&str]) -> Tokens {
     app.state
         .auth
         .admin_create_user(
@@ -25,7 +25,7 @@ async fn make_user(app: &TestApp, email: &str, roles: &[&str]) -> Tokens {
     app.login(email).await
 }
 
-async fn send(
+pub(crate) async fn send(
     app: &TestApp,
     method: &str,
     path: &str,

@@ -170,3 +170,232 @@ async fn plain_keys_are_sealed_at_start_rekey_moves_them_and_a_wrong_kek_stops_s
         assert!(!message.contains('\n'), "{message}");
     }
 }
+
+// ---- The key lifecycle: staged rotation, retirement, revocation, on two nodes ----
+
+/// The `kid`s in a node's JWKS.
+async fn published(app: &TestApp) -> Vec<String> {
+    let r = app
+        .client
+        .get(app.url("/.well-known/jwks.json"))
+        .send()
+        .await
+        .unwrap();
+    let jwks: serde_json::Value = r.json().await.unwrap();
+    let mut kids: Vec<String> = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap().to_owned())
+        .collect();
+    kids.sort();
+    kids
+}
+
+/// Waits (real time, the nodes' poll) until `check` holds for `app`, at most 3 key polls.
+async fn within_polls(app: &TestApp, what: &str, check: impl AsyncFn(&TestApp) -> bool) {
+    let deadline = std::time::Instant::now() + 3 * keygate::auth::KEY_POLL;
+    while !check(app).await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not within {:?}: {what}",
+            3 * keygate::auth::KEY_POLL
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+fn kid_of(token: &str) -> String {
+    crate::helpers::header_of(token)["kid"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+async fn key_states(app: &TestApp) -> Vec<(String, String)> {
+    let mut keys: Vec<(String, String)> = app
+        .state
+        .auth
+        .list_keys()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|k| (k.kid, k.state))
+        .collect();
+    keys.sort();
+    keys
+}
+
+#[tokio::test]
+async fn a_staged_rotation_publishes_ahead_then_signs_and_retires_the_old_key_on_every_node() {
+    let extra = "signing.rotation.publish_ahead = \"10m\"\n\
+                 rate_limits.login = \"1000/1m\"\nrate_limits.register = \"1000/1m\"\n";
+    let Some(a) = TestApp::spawn_with(extra).await else {
+        return;
+    };
+    let b = a.sibling(extra).await;
+    let admin = crate::suite::admin::make_user(&a, "root@example.com", &["admin"]).await;
+    let before = a.user("ada@example.com").await;
+    let old = kid_of(&before.access);
+    assert_eq!(published(&a).await, vec![old.clone()]);
+
+    // Rotate: a next key, published at once on A and within a poll on B; nothing signs with it.
+    let r = crate::suite::admin::send(&a, "POST", "/admin/keys/rotate", &admin.access, None).await;
+    assert_eq!(r.status(), 201);
+    let next: serde_json::Value = r.json().await.unwrap();
+    let new = next["kid"].as_str().unwrap().to_owned();
+    assert_eq!(next["state"], "next");
+    assert!(next["activate_at"].is_string() && next["activated_at"].is_null());
+    assert!(next.get("private_key").is_none());
+    let mut both = vec![old.clone(), new.clone()];
+    both.sort();
+    assert_eq!(published(&a).await, both);
+    within_polls(&b, "B publishes the next key", async |n: &TestApp| {
+        published(n).await == both
+    })
+    .await;
+    // Asked again during the rotation: the same next key, 200.
+    let r = crate::suite::admin::send(&a, "POST", "/admin/keys/rotate", &admin.access, None).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap()["kid"],
+        new.as_str()
+    );
+    // The JWKS max-age is at most half of publish_ahead (and at most 300 s).
+    let r = a
+        .client
+        .get(a.url("/.well-known/jwks.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["cache-control"], "public, max-age=300");
+    assert_eq!(kid_of(&b.login("ada@example.com").await.access), old);
+
+    // publish_ahead later, both nodes sign with the new key; the old one still verifies.
+    a.clock.advance(std::time::Duration::from_secs(600));
+    for node in [&a, &b] {
+        within_polls(node, "the new key signs", async |n: &TestApp| {
+            kid_of(&n.login("ada@example.com").await.access) == new
+        })
+        .await;
+        assert_eq!(node.me_status(&before.access).await, 200);
+        assert_eq!(published(node).await, both);
+    }
+    let states = key_states(&a).await;
+    assert!(
+        states.contains(&(old.clone(), "retiring".to_owned())),
+        "{states:?}"
+    );
+    assert!(
+        states.contains(&(new.clone(), "active".to_owned())),
+        "{states:?}"
+    );
+
+    // Once every token of the old key has expired: retired, unpublished, private part gone.
+    a.clock.advance(
+        a.state.auth.config().access_ttl + a.state.auth.config().leeway + keygate::auth::KEY_POLL,
+    );
+    for node in [&a, &b] {
+        within_polls(node, "the old key is retired", async |n: &TestApp| {
+            published(n).await == [new.clone()]
+        })
+        .await;
+    }
+    assert!(
+        key_states(&a)
+            .await
+            .contains(&(old.clone(), "retired".to_owned()))
+    );
+    let private: Vec<String> = stored(&a).await.into_iter().map(|(kid, _)| kid).collect();
+    assert_eq!(
+        private,
+        vec![new.clone()],
+        "a retired key keeps no private part"
+    );
+
+    // Audited.
+    let r = crate::suite::admin::send(
+        &a,
+        "GET",
+        "/admin/audit?event=key_rotated",
+        &a.login("root@example.com").await.access,
+        None,
+    )
+    .await;
+    let events: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(events["events"].as_array().unwrap().len(), 1, "{events}");
+}
+
+#[tokio::test]
+async fn a_revoked_key_is_refused_by_every_node_within_the_poll() {
+    let extra = "rate_limits.login = \"1000/1m\"\nrate_limits.register = \"1000/1m\"\n";
+    let Some(a) = TestApp::spawn_with(extra).await else {
+        return;
+    };
+    let b = a.sibling(extra).await;
+    let admin = crate::suite::admin::make_user(&a, "root@example.com", &["admin"]).await;
+    let victim = a.user("ada@example.com").await;
+    let leaked = kid_of(&victim.access);
+    assert_eq!(b.me_status(&victim.access).await, 200);
+
+    let path = format!("/admin/keys/{leaked}/revoke");
+    let r = crate::suite::admin::send(&a, "POST", &path, &admin.access, None).await;
+    assert_eq!(r.status(), 204);
+    assert_eq!(a.me_status(&victim.access).await, 401);
+    within_polls(
+        &b,
+        "B refuses the revoked key's token",
+        async |n: &TestApp| n.me_status(&victim.access).await == 401,
+    )
+    .await;
+    for node in [&a, &b] {
+        within_polls(
+            node,
+            "the revoked key is unpublished",
+            async |n: &TestApp| {
+                let kids = published(n).await;
+                kids.len() == 1 && !kids.contains(&leaked)
+            },
+        )
+        .await;
+    }
+    // A fresh key signs at once, and the other node accepts its tokens.
+    let fresh = a.login("ada@example.com").await;
+    assert_ne!(kid_of(&fresh.access), leaked);
+    assert_eq!(b.me_status(&fresh.access).await, 200);
+    assert!(
+        key_states(&a)
+            .await
+            .contains(&(leaked.clone(), "revoked".to_owned()))
+    );
+    assert!(stored(&a).await.iter().all(|(kid, _)| *kid != leaked));
+    // The admin's own token was signed by that key too: a new login. Revoking the key again,
+    // or a key that never was: 404.
+    let admin = a.login("root@example.com").await;
+    let r = crate::suite::admin::send(&a, "POST", &path, &admin.access, None).await;
+    assert_eq!(r.status(), 404);
+    let r =
+        crate::suite::admin::send(&a, "POST", "/admin/keys/nope/revoke", &admin.access, None).await;
+    assert_eq!(r.status(), 404);
+    // Not for a user without the admin role.
+    let r = crate::suite::admin::send(&a, "POST", "/admin/keys/rotate", &fresh.access, None).await;
+    assert_eq!(r.status(), 403);
+}
+
+#[tokio::test]
+async fn with_hs256_there_are_no_stored_keys_to_rotate() {
+    let extra = "signing.algorithm = \"HS256\"\n\
+                 signing.secret = \"0123456789abcdef0123456789abcdef-now\"\n";
+    let Some(app) = TestApp::spawn_with(extra).await else {
+        return;
+    };
+    let admin = crate::suite::admin::make_user(&app, "root@example.com", &["admin"]).await;
+    let r =
+        crate::suite::admin::send(&app, "POST", "/admin/keys/rotate", &admin.access, None).await;
+    assert_eq!(r.status(), 404);
+    let r = crate::suite::admin::send(&app, "GET", "/admin/keys", &admin.access, None).await;
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap(),
+        serde_json::json!({"keys": []})
+    );
+}

@@ -5,7 +5,7 @@ pub(crate) mod helpers;
 
 mod abuse;
 mod account;
-mod admin;
+pub(crate) mod admin;
 mod cookies;
 mod cors;
 mod errors;
