@@ -18,7 +18,7 @@ use crate::token::{KeyRing, StoredKey, TokenError, generate_key};
 
 /// How often each node looks at the database's key states (and makes due transitions). Two
 /// nodes never sign with different keys for longer than this; a token signed by a key a node
-/// does not know yet makes it look at once (at most once per [`UNKNOWN_KID_PAUSE`]).
+/// does not know yet makes it look at once (at most once a second).
 pub const KEY_POLL: Duration = Duration::from_secs(2);
 
 /// The least time between two looks caused by tokens with an unknown `kid`.
