@@ -39,6 +39,16 @@ pub enum TokenError {
     /// The algorithm cannot be used with stored keys.
     #[error("algorithm not supported here")]
     Unsupported,
+    /// A key file does not hold a key for the configured algorithm.
+    #[error("`{key}` (`{path}`) {problem}")]
+    File {
+        /// The configuration key naming the file.
+        key: &'static str,
+        /// The file.
+        path: String,
+        /// What is wrong, and what to do.
+        problem: String,
+    },
 }
 
 /// A signing key as stored: its id, algorithm and PKCS#8 PEM private key.
@@ -337,6 +347,91 @@ impl KeyRing {
             verifier,
             jwks,
         ))
+    }
+
+    /// A key ring from the operator's files (`signing.private_key_file`, PKCS#8 PEM, signing;
+    /// `signing.previous_public_key_files`, public PEM, verifying): nothing stored, nothing
+    /// rotated. Each key must be for `signing.algorithm`.
+    pub fn from_files(
+        cfg: &Config,
+        files: &crate::config::KeyFiles,
+    ) -> Result<KeyRing, TokenError> {
+        let algorithm = cfg.signing.algorithm;
+        let name = crate::config::algorithm_name(algorithm);
+        let wrong = |key: &'static str, path: &str, found: Option<Algorithm>| TokenError::File {
+            key,
+            path: path.to_owned(),
+            problem: match found {
+                Some(found) => format!(
+                    "holds an {} key, but signing.algorithm is {name}",
+                    crate::config::algorithm_name(found)
+                ),
+                None => format!(
+                    "is not a PEM {} key for {name} (a private key must be PKCS#8: \
+                     `openssl pkcs8 -topk8 -nocrypt -in key.pem`)",
+                    if key == "signing.private_key_file" {
+                        "private"
+                    } else {
+                        "public"
+                    }
+                ),
+            },
+        };
+        let others = [Algorithm::EdDSA, Algorithm::ES256, Algorithm::RS256];
+        let private = &files.private_pem;
+        let path = files.private_path.as_str();
+        let Ok(signing) = Signer::parse(algorithm, private, "") else {
+            let found = others
+                .into_iter()
+                .find(|a| *a != algorithm && Signer::parse(*a, private, "").is_ok());
+            return Err(wrong("signing.private_key_file", path, found));
+        };
+        let active = LoadedKey::load(algorithm, "", private)
+            .map_err(|_| wrong("signing.private_key_file", path, None))?;
+        let kid = active.thumbprint()?;
+        let mut jwks = Vec::new();
+        let mut decoding = Vec::new();
+        let mut jwk = active.jwk;
+        jwk.common.key_id = Some(kid.clone());
+        decoding.push((
+            kid.clone(),
+            DecodingKey::from_jwk(&jwk).map_err(|_| TokenError::Load(kid.clone()))?,
+        ));
+        jwks.push(jwk);
+        for (path, pem) in &files.previous_public {
+            let parse = |a: Algorithm| match a {
+                Algorithm::EdDSA => DecodingKey::from_ed_pem(pem.as_bytes()),
+                Algorithm::ES256 => DecodingKey::from_ec_pem(pem.as_bytes()),
+                _ => DecodingKey::from_rsa_pem(pem.as_bytes()),
+            };
+            let key = "signing.previous_public_key_files";
+            let Some(mut jwk) = parse(algorithm)
+                .ok()
+                .and_then(|dk| Jwk::from_decoding_key(&dk, Some(algorithm)).ok())
+            else {
+                let found = others.into_iter().find(|a| {
+                    *a != algorithm
+                        && parse(*a)
+                            .ok()
+                            .and_then(|dk| Jwk::from_decoding_key(&dk, Some(*a)).ok())
+                            .is_some()
+                });
+                return Err(wrong(key, path, found));
+            };
+            jwk.common.public_key_use = Some(PublicKeyUse::Signature);
+            let kid = jwk
+                .thumbprint(ThumbprintHash::SHA256)
+                .map_err(|_| wrong(key, path, None))?;
+            jwk.common.key_id = Some(kid.clone());
+            let dk = DecodingKey::from_jwk(&jwk).map_err(|_| wrong(key, path, None))?;
+            decoding.push((kid, dk));
+            jwks.push(jwk);
+        }
+        let verifier = Verifier::new(algorithm, decoding, &cfg.issuer, &cfg.audience)
+            .with_leeway(cfg.leeway.as_secs());
+        let jwks = serde_json::to_string(&serde_json::json!({ "keys": jwks }))
+            .map_err(|_| TokenError::Load(kid.clone()))?;
+        Ok(Self::assemble(cfg, Some(kid), signing, verifier, jwks))
     }
 
     fn assemble(

@@ -32,6 +32,11 @@ pub enum KeyError {
         "signing.algorithm is HS256: tokens are signed with signing.secret; rotate it by moving the old secret to signing.previous_secrets"
     )]
     Hs256,
+    /// The keys come from files the operator manages.
+    #[error(
+        "keys come from signing.private_key_file: Keygate does not rotate or revoke them; replace the file (keeping the old public key in signing.previous_public_key_files) and restart every node"
+    )]
+    FromFiles,
     /// No key in use has this id.
     #[error("no signing key in use has the id `{0}`")]
     NotInUse(String),
@@ -78,6 +83,14 @@ pub(super) async fn load_keys(
 ) -> Result<Followed, StartupError> {
     if config.signing.algorithm == jsonwebtoken::Algorithm::HS256 {
         return Ok(Followed::new(KeyRing::hs256(config)?, Vec::new()));
+    }
+    if let Some(files) = &config.signing.key_files {
+        let ring = KeyRing::from_files(config, files)?;
+        tracing::info!(
+            kid = ring.signing_kid(),
+            "signing key from signing.private_key_file"
+        );
+        return Ok(Followed::new(ring, Vec::new()));
     }
     let envelope = config.signing.envelope();
     seal_stored_keys(&envelope, store, false).await?;
@@ -250,7 +263,9 @@ impl Auth {
     /// `signing.rotation.interval` says so, and loads the key ring again if the key states
     /// changed. Whether the ring changed.
     pub async fn follow_keys(&self) -> Result<bool, KeyError> {
-        if self.config.signing.algorithm == jsonwebtoken::Algorithm::HS256 {
+        if self.config.signing.algorithm == jsonwebtoken::Algorithm::HS256
+            || self.config.signing.key_files.is_some()
+        {
             return Ok(false);
         }
         let mut loaded = self.keys.states.lock().await;
@@ -332,9 +347,7 @@ impl Auth {
         actor: Option<UserId>,
         client: &ClientInfo,
     ) -> Result<(KeyInfo, bool), KeyError> {
-        if self.config.signing.algorithm == jsonwebtoken::Algorithm::HS256 {
-            return Err(KeyError::Hs256);
-        }
+        self.keys_are_stored()?;
         let now = self.now();
         let started = self.start_rotation(now).await?;
         let alg = algorithm_name(self.config.signing.algorithm);
@@ -364,9 +377,7 @@ impl Auth {
         actor: Option<UserId>,
         client: &ClientInfo,
     ) -> Result<String, KeyError> {
-        if self.config.signing.algorithm == jsonwebtoken::Algorithm::HS256 {
-            return Err(KeyError::Hs256);
-        }
+        self.keys_are_stored()?;
         let now = self.now();
         let envelope = self.config.signing.envelope();
         let replacement = generate(&self.config, &envelope, now).await?;
@@ -380,8 +391,47 @@ impl Auth {
         Ok(was)
     }
 
-    /// Every key with its state and times (never a private key).
+    /// Every key with its state and times (never a private key). With keys from files: the
+    /// file's key (`active`) and the previous public keys (`retiring`: they verify, never sign),
+    /// as loaded at start.
     pub async fn list_keys(&self) -> Result<Vec<KeyInfo>, KeyError> {
-        Ok(self.store.all_keys().await?)
+        if self.config.signing.key_files.is_none() {
+            return Ok(self.store.all_keys().await?);
+        }
+        let ring = self.keys();
+        let jwks: serde_json::Value =
+            serde_json::from_str(ring.jwks_json()).map_err(|_| KeyError::FromFiles)?;
+        let signing = ring.signing_kid().unwrap_or_default();
+        let alg = algorithm_name(self.config.signing.algorithm);
+        Ok(jwks["keys"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|k| k["kid"].as_str())
+            .map(|kid| KeyInfo {
+                kid: kid.to_owned(),
+                algorithm: alg.to_owned(),
+                state: if kid == signing { "active" } else { "retiring" }.to_owned(),
+                created_at: self.started_at,
+                activate_at: None,
+                activated_at: None,
+                retiring_at: None,
+                retired_at: None,
+                revoked_at: None,
+                encrypted: false,
+            })
+            .collect())
+    }
+
+    /// Refuses key changes where keys are not Keygate's to change.
+    fn keys_are_stored(&self) -> Result<(), KeyError> {
+        if self.config.signing.algorithm == jsonwebtoken::Algorithm::HS256 {
+            return Err(KeyError::Hs256);
+        }
+        if self.config.signing.key_files.is_some() {
+            return Err(KeyError::FromFiles);
+        }
+        Ok(())
     }
 }

@@ -179,6 +179,8 @@ pub struct Auth {
     csrf: aws_lc_rs::hmac::Key,
     /// Per OAuth client with an argon2 secret: the SHA-256 of the secret that last passed.
     verified_clients: moka::sync::Cache<String, [u8; 32]>,
+    /// When this instance started (the load time of keys from files).
+    started_at: OffsetDateTime,
 }
 
 impl std::fmt::Debug for Auth {
@@ -201,6 +203,7 @@ impl Auth {
         let hasher = Hasher::build(&config.password).await?;
         let limits = Arc::new(Limits::new(&config, clock.clone()).map_err(StartupError::Limits)?);
         let csrf = load_csrf_key(&store, clock.now()).await?;
+        let started_at = clock.now();
         Ok(Auth {
             config,
             store,
@@ -210,6 +213,7 @@ impl Auth {
             clock,
             csrf,
             verified_clients: moka::sync::Cache::new(1024),
+            started_at,
         })
     }
 

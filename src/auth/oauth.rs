@@ -170,10 +170,14 @@ impl Auth {
         ) else {
             return Ok(None);
         };
-        if !self.store.session_is_live(session_id, user_id, now).await? {
-            return Ok(None);
-        }
-        let Some(user) = self.live_user_of(user_id).await? else {
+        // One read for "is the session live" and "who is its user" (a cache miss on
+        // PostgreSQL is one round trip, not two).
+        let Some(user) = self
+            .store
+            .live_session_user(session_id, user_id, now)
+            .await?
+            .filter(|u| u.is_active)
+        else {
             return Ok(None);
         };
         Ok(Some(Introspection {

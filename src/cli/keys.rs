@@ -119,7 +119,9 @@ pub(super) async fn run(cmd: KeysCommand, auth: &Auth) -> Result<(), Failure> {
 
 fn key_failure(e: KeyError) -> Failure {
     match e {
-        KeyError::Hs256 | KeyError::NotInUse(_) => Failure::Usage(e.to_string()),
+        KeyError::Hs256 | KeyError::FromFiles | KeyError::NotInUse(_) => {
+            Failure::Usage(e.to_string())
+        }
         KeyError::Store(_) | KeyError::Startup(_) => Failure::Runtime(e.to_string()),
     }
 }

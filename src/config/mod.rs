@@ -124,6 +124,36 @@ pub struct SigningConfig {
     pub publish_ahead: Duration,
     /// Automatic rotation every so long (`signing.rotation.interval`); `None`: off.
     pub rotation_interval: Option<Duration>,
+    /// Keys the operator manages (`signing.private_key_file`): then Keygate neither generates,
+    /// stores nor rotates keys.
+    pub key_files: Option<KeyFiles>,
+}
+
+/// `signing.private_key_file` and `signing.previous_public_key_files`, read at start.
+#[derive(Clone)]
+pub struct KeyFiles {
+    /// Where the private key came from.
+    pub private_path: String,
+    /// Its PKCS#8 PEM. Secret.
+    pub private_pem: SecretString,
+    /// Older public keys (path, PEM): they still verify and are published.
+    pub previous_public: Vec<(String, String)>,
+}
+
+impl fmt::Debug for KeyFiles {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyFiles")
+            .field("private_path", &self.private_path)
+            .field(
+                "previous_public",
+                &self
+                    .previous_public
+                    .iter()
+                    .map(|(p, _)| p)
+                    .collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
 }
 
 /// What `config check` and the start-up log say when private keys are stored unencrypted.
@@ -134,7 +164,9 @@ impl SigningConfig {
     /// Whether private signing keys are stored in the database without encryption (an
     /// asymmetric algorithm and no key encryption key).
     pub fn stores_keys_unencrypted(&self) -> bool {
-        self.algorithm != Algorithm::HS256 && self.key_encryption_key.is_none()
+        self.algorithm != Algorithm::HS256
+            && self.key_files.is_none()
+            && self.key_encryption_key.is_none()
     }
 
     /// The envelope that seals and opens stored private keys with the configured KEKs.
@@ -371,6 +403,17 @@ impl Config {
                         .rotation_interval
                         .map_or_else(|| "0".to_owned(), format_duration),
                 },
+                private_key_file: self
+                    .signing
+                    .key_files
+                    .as_ref()
+                    .map(|f| f.private_path.clone()),
+                previous_public_key_files: self
+                    .signing
+                    .key_files
+                    .as_ref()
+                    .map(|f| f.previous_public.iter().map(|(p, _)| p.clone()).collect())
+                    .unwrap_or_default(),
             },
             password: &self.password,
             rate_limits: {
@@ -510,6 +553,10 @@ struct RedactedSigning {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     previous_key_encryption_keys: Vec<&'static str>,
     rotation: RedactedRotation,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    private_key_file: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    previous_public_key_files: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -645,6 +692,8 @@ struct RawSigning {
     key_encryption_key_file: Option<Text>,
     previous_key_encryption_keys: Option<TextList>,
     rotation: Option<RawRotation>,
+    private_key_file: Option<Text>,
+    previous_public_key_files: Option<TextList>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1178,6 +1227,37 @@ fn signing(raw: RawSigning) -> Result<SigningConfig, ConfigError> {
             "must be longer than signing.rotation.publish_ahead (or `0`: no automatic rotation)",
         ));
     }
+    let previous_files = raw
+        .previous_public_key_files
+        .map(|l| l.0)
+        .unwrap_or_default();
+    let read = |key: &str, path: &str| {
+        std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::key(key, format!("cannot read `{path}`: {e}")))
+    };
+    let key_files = match raw.private_key_file {
+        None if !previous_files.is_empty() => {
+            return Err(ConfigError::key(
+                "signing.previous_public_key_files",
+                "only used with signing.private_key_file",
+            ));
+        }
+        None => None,
+        Some(_) if algorithm == Algorithm::HS256 => {
+            return Err(ConfigError::key(
+                "signing.private_key_file",
+                "only for EdDSA, ES256 or RS256; HS256 signs with signing.secret",
+            ));
+        }
+        Some(path) => Some(KeyFiles {
+            private_pem: SecretString::from(read("signing.private_key_file", &path.0)?),
+            private_path: path.0,
+            previous_public: previous_files
+                .into_iter()
+                .map(|p| Ok((p.clone(), read("signing.previous_public_key_files", &p)?)))
+                .collect::<Result<_, ConfigError>>()?,
+        }),
+    };
     Ok(SigningConfig {
         algorithm,
         secret,
@@ -1186,6 +1266,7 @@ fn signing(raw: RawSigning) -> Result<SigningConfig, ConfigError> {
         previous_key_encryption_keys,
         publish_ahead,
         rotation_interval,
+        key_files,
     })
 }
 
@@ -1350,6 +1431,37 @@ mod tests {
 
     fn err(toml: &str) -> String {
         Config::from_toml(toml).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn key_files_and_rotation_settings_are_checked() {
+        let e = err("signing.previous_public_key_files = [\"/x.pem\"]");
+        assert!(e.contains("only used with signing.private_key_file"), "{e}");
+        let e = err(
+            "signing.algorithm = \"HS256\"\nsigning.secret = \"0123456789abcdef0123456789abcdef\"\n\
+             signing.private_key_file = \"/x.pem\"",
+        );
+        assert!(e.contains("HS256 signs with signing.secret"), "{e}");
+        let e = err("signing.private_key_file = \"/nonexistent/key.pem\"");
+        assert!(e.contains("cannot read `/nonexistent/key.pem`"), "{e}");
+        let e = err("signing.rotation.publish_ahead = \"0\"");
+        assert!(e.contains("at least 1s"), "{e}");
+        let e = err("signing.rotation.publish_ahead = \"1h\"\nsigning.rotation.interval = \"30m\"");
+        assert!(
+            e.contains("longer than signing.rotation.publish_ahead"),
+            "{e}"
+        );
+        let c = Config::from_toml("signing.rotation.interval = \"30d\"").unwrap();
+        assert_eq!(
+            c.signing.rotation_interval,
+            Some(Duration::from_secs(30 * 86_400))
+        );
+        assert_eq!(c.signing.publish_ahead, Duration::from_secs(3600));
+        assert!(
+            c.redacted().contains("interval = \"30d\""),
+            "{}",
+            c.redacted()
+        );
     }
 
     #[test]

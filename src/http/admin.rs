@@ -291,7 +291,7 @@ impl From<crate::store::KeyInfo> for KeyView {
 impl From<KeyError> for ApiError {
     fn from(e: KeyError) -> Self {
         match e {
-            KeyError::Hs256 => ApiError::NotFound,
+            KeyError::Hs256 | KeyError::FromFiles => ApiError::NotFound,
             KeyError::NotInUse(_) => ApiError::NotFound,
             KeyError::Store(e) => crate::auth::AuthError::from(e).into(),
             KeyError::Startup(e) => ApiError::Internal(e.to_string()),

@@ -98,6 +98,13 @@ struct CredentialRow {
     credentials_version: i64,
 }
 
+#[derive(sqlx::FromRow)]
+struct LiveUserRow {
+    #[sqlx(flatten)]
+    user: UserRow,
+    session_expires_at: Option<i64>,
+}
+
 const USER_COLUMNS: &str =
     "id, email, username, name, roles, permissions, is_active, created_at, updated_at";
 
@@ -173,6 +180,46 @@ impl Store {
                 .await?
         })?;
         row.try_into()
+    }
+
+    /// The user of session `session` if the session is live at `now` and belongs to `user`,
+    /// in one read: from the cache when both answers are fresh there, else one query that
+    /// fills both (what [`Store::session_is_live`] then [`Store::find_user`] would answer, in
+    /// one round trip instead of two).
+    pub async fn live_session_user(
+        &self,
+        session: crate::domain::SessionId,
+        user: UserId,
+        now: OffsetDateTime,
+    ) -> Result<Option<UserRecord>, StoreError> {
+        if self.cache.session_live(session, user, now) == Some(true) {
+            return self.find_user(user).await;
+        }
+        let (sessions_seen, users_seen) = (self.cache.session_epoch(), self.cache.user_epoch());
+        let columns: Vec<String> = USER_COLUMNS.split(", ").map(|c| format!("u.{c}")).collect();
+        let sql = format!(
+            "select {}, s.expires_at as session_expires_at from sessions s \
+             join users u on u.id = s.user_id where s.id = $1 and s.user_id = $2 \
+             and s.revoked_at is null and (s.expires_at is null or s.expires_at > $3)",
+            columns.join(", ")
+        );
+        let row: Option<LiveUserRow> = on_pool!(self, read, |pool| {
+            sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
+                .bind(session.to_string())
+                .bind(user.to_string())
+                .bind(to_millis(now))
+                .fetch_optional(pool)
+                .await?
+        })?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let expires_at = row.session_expires_at.map(from_millis);
+        let found = UserRecord::try_from(row.user)?;
+        self.cache
+            .remember_live(sessions_seen, session, user, expires_at);
+        self.cache.remember_user(users_seen, &found);
+        Ok(Some(found))
     }
 
     /// The user with this id (from the short-lived cache when fresh).

@@ -399,3 +399,168 @@ async fn with_hs256_there_are_no_stored_keys_to_rotate() {
         serde_json::json!({"keys": []})
     );
 }
+
+// ---- Keys from files, and HS256 previous secrets (issue 14, point 4) ----
+
+/// The public half of a generated key as a `PUBLIC KEY` (SPKI) PEM, as an operator's
+/// `openssl pkey -pubout` would write it.
+fn public_pem(algorithm: jsonwebtoken::Algorithm, key: &keygate::token::StoredKey) -> String {
+    use aws_lc_rs::encoding::{AsDer as _, PublicKeyX509Der};
+    use aws_lc_rs::signature::{
+        ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair as _, RsaKeyPair,
+    };
+    let der = pem::parse(key.private_pem.expose_secret())
+        .unwrap()
+        .into_contents();
+    let spki: PublicKeyX509Der<'static> = match algorithm {
+        jsonwebtoken::Algorithm::EdDSA => Ed25519KeyPair::from_pkcs8(&der)
+            .unwrap()
+            .public_key()
+            .as_der()
+            .unwrap(),
+        jsonwebtoken::Algorithm::ES256 => {
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &der)
+                .unwrap()
+                .public_key()
+                .as_der()
+                .unwrap()
+        }
+        _ => RsaKeyPair::from_pkcs8(&der)
+            .unwrap()
+            .public_key()
+            .as_der()
+            .unwrap(),
+    };
+    pem::encode(&pem::Pem::new("PUBLIC KEY", spki.as_ref().to_vec()))
+}
+
+/// A token for `session`'s user and session, signed by `ring` (another key than the server's).
+fn token_signed_by(
+    ring: &keygate::token::KeyRing,
+    session: &crate::helpers::Tokens,
+    now: time::OffsetDateTime,
+) -> String {
+    let claims = crate::helpers::claims_of(&session.access);
+    let grant = keygate::token::AccessGrant {
+        user_id: keygate::domain::UserId::parse(claims["sub"].as_str().unwrap()).unwrap(),
+        session_id: keygate::domain::SessionId::parse(claims["sid"].as_str().unwrap()).unwrap(),
+        roles: &[],
+        permissions: &[],
+    };
+    ring.issue(&grant, now).unwrap().0
+}
+
+#[tokio::test]
+async fn keys_from_files_sign_and_verify_for_each_algorithm_and_are_never_stored_or_rotated() {
+    use jsonwebtoken::Algorithm::{ES256, EdDSA, RS256};
+    use keygate::clock::Clock as _;
+    for algorithm in [EdDSA, ES256, RS256] {
+        let name = keygate::config::algorithm_name(algorithm);
+        let dir = tempfile::tempdir().unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        let old = keygate::token::generate_key(algorithm, now).unwrap();
+        let current = keygate::token::generate_key(algorithm, now).unwrap();
+        let key_path = dir.path().join("key.pem");
+        let old_path = dir.path().join("old.pub.pem");
+        std::fs::write(&key_path, current.private_pem.expose_secret()).unwrap();
+        std::fs::write(&old_path, public_pem(algorithm, &old)).unwrap();
+        let extra = format!(
+            "signing.algorithm = \"{name}\"\nsigning.private_key_file = \"{}\"\n\
+             signing.previous_public_key_files = [\"{}\"]\n",
+            key_path.display(),
+            old_path.display()
+        );
+        let Some(app) = TestApp::spawn_with(&extra).await else {
+            return;
+        };
+        let session = app.user("files@example.com").await;
+        let header = crate::helpers::header_of(&session.access);
+        assert_eq!(header["kid"], current.kid.as_str(), "{name}");
+        assert_eq!(header["alg"], name);
+        let mut both = vec![old.kid.clone(), current.kid.clone()];
+        both.sort();
+        assert_eq!(published(&app).await, both, "{name}");
+        // The previous key still verifies (a token it signed before the switch).
+        let config = TestApp::config(&app.db, "");
+        let old_ring = keygate::token::KeyRing::from_stored(
+            &keygate::Config {
+                signing: keygate::config::SigningConfig {
+                    algorithm,
+                    ..config.signing.clone()
+                },
+                ..config
+            },
+            &old,
+            &[],
+        )
+        .unwrap();
+        let by_old = token_signed_by(&old_ring, &session, app.clock.now());
+        assert_eq!(app.me_status(&by_old).await, 200, "{name}");
+        // Nothing is stored, and Keygate does not rotate what it does not own.
+        assert!(stored(&app).await.is_empty(), "{name}");
+        let admin = crate::suite::admin::make_user(&app, "root@example.com", &["admin"]).await;
+        let r = crate::suite::admin::send(&app, "POST", "/admin/keys/rotate", &admin.access, None)
+            .await;
+        assert_eq!(r.status(), 404);
+        let r = crate::suite::admin::send(&app, "GET", "/admin/keys", &admin.access, None).await;
+        let keys: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(keys["keys"].as_array().unwrap().len(), 2, "{keys}");
+    }
+
+    // A key of another algorithm than signing.algorithm stops start-up, naming both.
+    let dir = tempfile::tempdir().unwrap();
+    let es = keygate::token::generate_key(ES256, time::OffsetDateTime::now_utc()).unwrap();
+    let path = dir.path().join("es.pem");
+    std::fs::write(&path, es.private_pem.expose_secret()).unwrap();
+    let Some(db) = TestDb::fresh().await else {
+        return;
+    };
+    let extra = format!("signing.private_key_file = \"{}\"\n", path.display());
+    let Err(e) =
+        App::build_with_clock(TestApp::config(&db, &extra), Arc::new(ManualClock::new())).await
+    else {
+        panic!("an ES256 key started an EdDSA server");
+    };
+    let message = e.to_string();
+    assert!(
+        message.contains("holds an ES256 key, but signing.algorithm is EdDSA"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn hs256_previous_secrets_verify_and_never_sign() {
+    const OLD: &str = "the previous secret, 32 bytes or more";
+    const NEW: &str = "the current secret, also 32 bytes or more";
+    let extra = format!(
+        "signing.algorithm = \"HS256\"\nsigning.secret = \"{NEW}\"\nsigning.previous_secrets = [\"{OLD}\"]\n"
+    );
+    let Some(app) = TestApp::spawn_with(&extra).await else {
+        return;
+    };
+    let session = app.user("hs@example.com").await;
+    // Signed with the current secret only.
+    let issuer = app.state.auth.config().issuer.clone();
+    let audience = app.state.auth.config().audience.clone();
+    let verify_with = |secret: &str| {
+        keygate_verify::Verifier::hs256(&[secret.as_bytes()], &issuer, &audience)
+            .unwrap()
+            .verify(
+                &session.access,
+                crate::helpers::claims_of(&session.access)["iat"]
+                    .as_i64()
+                    .unwrap(),
+            )
+    };
+    assert!(verify_with(NEW).is_ok());
+    assert!(verify_with(OLD).is_err());
+    // A token signed with the previous secret still verifies.
+    let old_config = TestApp::config(
+        &app.db,
+        &format!("signing.algorithm = \"HS256\"\nsigning.secret = \"{OLD}\"\n"),
+    );
+    let old_ring = keygate::token::KeyRing::hs256(&old_config).unwrap();
+    use keygate::clock::Clock as _;
+    let by_old = token_signed_by(&old_ring, &session, app.clock.now());
+    assert_eq!(app.me_status(&by_old).await, 200);
+}
