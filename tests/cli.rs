@@ -166,7 +166,7 @@ fn migrate_creates_the_database() {
 #[test]
 fn serve_starts_on_the_embedded_default_and_answers() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, addr) = serve(dir.path(), &[]);
+    let (mut child, addr, log) = serve_with_log(dir.path(), &[]);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let status = runtime.block_on(async {
         reqwest::get(format!("http://{addr}/healthz"))
@@ -178,11 +178,28 @@ fn serve_starts_on_the_embedded_default_and_answers() {
     let _ = child.wait();
     assert_eq!(status, 200);
     assert!(dir.path().join("keygate.db").exists());
+    // No key encryption key: the start-up log says the keys are stored unencrypted.
+    assert!(
+        log.iter().any(|l| l["level"] == "WARN"
+            && l["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("signing keys are stored unencrypted"))),
+        "{log:?}"
+    );
 }
 
 /// The real binary serving on a free port with `env` (and nothing else from `KEYGATE_*`);
 /// returns it and the address it reports.
 fn serve(dir: &std::path::Path, env: &[(&str, &str)]) -> (std::process::Child, String) {
+    let (child, addr, _) = serve_with_log(dir, env);
+    (child, addr)
+}
+
+/// `serve`, also returning the log lines written before "keygate listening".
+fn serve_with_log(
+    dir: &std::path::Path,
+    env: &[(&str, &str)],
+) -> (std::process::Child, String, Vec<serde_json::Value>) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_keygate"));
     for (k, _) in std::env::vars() {
         if k.starts_with("KEYGATE_") {
@@ -201,18 +218,23 @@ fn serve(dir: &std::path::Path, env: &[(&str, &str)]) -> (std::process::Child, S
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
+        let mut before = Vec::new();
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
-                && v["message"] == "keygate listening"
-            {
-                let _ = tx.send(v["address"].as_str().unwrap_or_default().to_owned());
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            if v["message"] == "keygate listening" {
+                let address = v["address"].as_str().unwrap_or_default().to_owned();
+                let _ = tx.send((address, std::mem::take(&mut before)));
+            } else {
+                before.push(v);
             }
         }
     });
-    let addr = rx
+    let (addr, log) = rx
         .recv_timeout(Duration::from_secs(60))
         .expect("server reports its address");
-    (child, addr)
+    (child, addr, log)
 }
 
 /// `n` connections from 127.0.0.1 that send half a request and never the rest.

@@ -318,13 +318,17 @@ impl Auth {
         Ok(())
     }
 
-    /// Creates the next key, published at once and signing `signing.rotation.publish_ahead`
-    /// later. `None` if another node started a rotation first.
+    /// Creates the next key, published at once (on every node within a poll) and signing
+    /// `signing.rotation.publish_ahead` after that. `None` if another node started a rotation
+    /// first.
     async fn start_rotation(&self, now: OffsetDateTime) -> Result<Option<KeyInfo>, KeyError> {
         let envelope = self.config.signing.envelope();
         let key = generate(&self.config, &envelope, now).await?;
+        // Every node publishes the new key within one poll of its creation; it signs
+        // `publish_ahead` after that, so a verifier caching any node's JWKS for its `max-age`
+        // (at most half of `publish_ahead`) holds it before the first token it signs.
         let activate_at = now
-            + time::Duration::try_from(self.config.signing.publish_ahead)
+            + time::Duration::try_from(self.config.signing.publish_ahead + KEY_POLL)
                 .unwrap_or(time::Duration::HOUR);
         if !self.store.insert_next_key(&key, activate_at).await? {
             return Ok(None);

@@ -176,26 +176,30 @@ async fn the_oauth2_crate_drives_every_grant_introspection_and_revocation() {
 /// A secret that HTTP Basic's form-encoding (RFC 6749 section 2.3.1) changes.
 const ENCODED_SECRET: &str = "s3cret: with spaces+plus/slash&more";
 
-/// `node` and the interop packages (`npm ci --prefix tests/interop`), or `None` after saying
-/// that the test is skipped — which fails in CI, where `.ci/run` installs them.
-fn oauth4webapi_script() -> Option<std::path::PathBuf> {
+/// `tests/interop/<name>` when `node` and the interop packages (`npm ci --prefix
+/// tests/interop`) are there, or `None` after saying that the test is skipped — which fails in
+/// CI, where `.ci/run` installs them.
+pub(crate) fn interop_script(name: &str) -> Option<std::path::PathBuf> {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
     let node = std::process::Command::new("node")
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success());
-    let installed = dir.join("node_modules/oauth4webapi/package.json").exists();
+    let installed = ["oauth4webapi", "jose"].iter().all(|p| {
+        dir.join("node_modules")
+            .join(p)
+            .join("package.json")
+            .exists()
+    });
     if node && installed {
-        return Some(dir.join("oauth4webapi.mjs"));
+        return Some(dir.join(name));
     }
     assert!(
         !crate::helpers::in_ci(),
-        "CI is set but node or tests/interop/node_modules is missing: the oauth4webapi \
-         interop test must run in CI (.ci/run installs it with npm ci)"
+        "CI is set but node or tests/interop/node_modules is missing: the Node.js interop \
+         tests must run in CI (.ci/run installs them with npm ci)"
     );
-    eprintln!(
-        "skipped: the oauth4webapi interop test needs Node.js and `npm ci --prefix tests/interop`"
-    );
+    eprintln!("skipped: this test needs Node.js and `npm ci --prefix tests/interop` ({name})");
     None
 }
 
@@ -205,7 +209,7 @@ fn oauth4webapi_script() -> Option<std::path::PathBuf> {
 /// Basic challenge for a wrong secret, introspection, and revocation.
 #[tokio::test]
 async fn oauth4webapi_discovers_keygate_and_uses_every_endpoint_it_finds() {
-    let Some(script) = oauth4webapi_script() else {
+    let Some(script) = interop_script("oauth4webapi.mjs") else {
         return;
     };
     let secret_toml = ENCODED_SECRET.replace('\\', "\\\\").replace('"', "\\\"");

@@ -272,7 +272,8 @@ async fn a_staged_rotation_publishes_ahead_then_signs_and_retires_the_old_key_on
     assert_eq!(kid_of(&b.login("ada@example.com").await.access), old);
 
     // publish_ahead later, both nodes sign with the new key; the old one still verifies.
-    a.clock.advance(std::time::Duration::from_secs(600));
+    a.clock
+        .advance(std::time::Duration::from_secs(600) + keygate::auth::KEY_POLL);
     for node in [&a, &b] {
         within_polls(node, "the new key signs", async |n: &TestApp| {
             kid_of(&n.login("ada@example.com").await.access) == new
@@ -563,4 +564,210 @@ async fn hs256_previous_secrets_verify_and_never_sign() {
     use keygate::clock::Clock as _;
     let by_old = token_signed_by(&old_ring, &session, app.clock.now());
     assert_eq!(app.me_status(&by_old).await, 200);
+}
+
+// ---- A rotation under load, watched by caching verifiers (issue 14's test of record) ----
+
+/// The Node verifier (`tests/interop/jwks_cache_verifier.mjs`, panva's jose) as a child
+/// process: one token in, one verdict out.
+struct StrictCacher {
+    io: Arc<
+        std::sync::Mutex<(
+            std::process::ChildStdin,
+            std::io::BufReader<std::process::ChildStdout>,
+        )>,
+    >,
+    child: std::process::Child,
+}
+
+impl StrictCacher {
+    fn start(script: &std::path::Path, input: &serde_json::Value) -> StrictCacher {
+        use std::process::{Command, Stdio};
+        let mut child = Command::new("node")
+            .arg(script)
+            .arg(input.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("node runs");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        StrictCacher {
+            io: Arc::new(std::sync::Mutex::new((stdin, stdout))),
+            child,
+        }
+    }
+
+    async fn verify(&self, token: &str) -> serde_json::Value {
+        let io = self.io.clone();
+        let token = token.to_owned();
+        tokio::task::spawn_blocking(move || {
+            use std::io::{BufRead as _, Write as _};
+            let mut io = io.lock().unwrap();
+            writeln!(io.0, "{token}").unwrap();
+            io.0.flush().unwrap();
+            let mut line = String::new();
+            io.1.read_line(&mut line).unwrap();
+            serde_json::from_str(&line).expect("a verdict")
+        })
+        .await
+        .unwrap()
+    }
+}
+
+impl Drop for StrictCacher {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Two nodes on one database, tokens refreshed on both in turn for a whole rotation (next key
+/// published, then signing, the old key retiring, then retired), and every token checked at
+/// once by two verifiers that cache the JWKS: `keygate-verify`'s `RemoteVerifier` following node
+/// B, and a jose verifier in Node.js that keeps node A's JWKS exactly for its `max-age` and never
+/// fetches it early. None may refuse a valid token, and every token of the new key must have
+/// been issued after the key was published everywhere and `publish_ahead` had passed. The
+/// stages are seconds long here, so the servers run on real time (the verifiers check `exp` and
+/// `iat` against the wall clock).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_under_load_never_makes_a_caching_verifier_refuse_a_valid_token() {
+    let Some(script) = crate::suite::interop::interop_script("jwks_cache_verifier.mjs") else {
+        return;
+    };
+    let Some(db) = TestDb::fresh().await else {
+        return;
+    };
+    let extra = "signing.rotation.publish_ahead = \"2s\"\naccess_ttl = \"3s\"\nleeway = \"1s\"\n\
+                 rate_limits.enabled = false\n";
+    let node = |db: TestDb| async move {
+        let app = App::build(TestApp::config(&db, extra))
+            .await
+            .expect("starts");
+        TestApp::serve(app, db, Arc::new(ManualClock::new()))
+    };
+    let a = node(db.clone()).await;
+    let b = node(db.clone()).await;
+    let config = a.state.auth.config();
+    let (issuer, audience) = (config.issuer.clone(), config.audience[0].clone());
+    let remote = keygate_verify::RemoteVerifier::start(keygate_verify::RemoteConfig {
+        base_url: Some(b.base.clone()),
+        ..keygate_verify::RemoteConfig::new(&issuer, "EdDSA", &[&audience])
+    })
+    .await
+    .expect("keygate-verify follows node B");
+    let cacher = StrictCacher::start(
+        &script,
+        &serde_json::json!({
+            "jwks_url": a.url("/.well-known/jwks.json"),
+            "issuer": issuer,
+            "audience": audience,
+            "algorithm": "EdDSA",
+        }),
+    );
+
+    let mut refresh = a.user("load@example.com").await.refresh;
+    let started = std::time::Instant::now();
+    let mut next: Option<keygate::store::KeyInfo> = None;
+    let mut seen: Vec<(String, i64)> = Vec::new();
+    for i in 0usize.. {
+        let node = if i % 2 == 0 { &a } else { &b };
+        let r = node.refresh(&refresh).await;
+        assert_eq!(r.status(), 200);
+        let t = crate::helpers::tokens(r.json().await.unwrap());
+        refresh = t.refresh;
+        if let Err(e) = remote.verify(&t.access).await {
+            panic!(
+                "keygate-verify refused a valid token ({}): {e}",
+                kid_of(&t.access)
+            );
+        }
+        let verdict = cacher.verify(&t.access).await;
+        assert_eq!(
+            verdict["ok"], true,
+            "the caching jose verifier refused: {verdict}"
+        );
+        let iat = crate::helpers::claims_of(&t.access)["iat"]
+            .as_i64()
+            .unwrap();
+        seen.push((kid_of(&t.access), iat));
+
+        if next.is_none() && started.elapsed() > std::time::Duration::from_secs(1) {
+            let (key, started) = a
+                .state
+                .auth
+                .rotate_keys(None, &keygate::domain::ClientInfo::default())
+                .await
+                .unwrap();
+            assert!(started);
+            next = Some(key);
+        }
+        if let Some(key) = &next {
+            let only_new = [key.kid.clone()];
+            if published(&a).await == only_new && published(&b).await == only_new {
+                break;
+            }
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(40),
+            "the rotation did not finish within 40 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(40)).await;
+    }
+
+    let key = next.expect("a rotation");
+    let activate_at = key
+        .activate_at
+        .expect("a next key's activation")
+        .unix_timestamp();
+    let old: Vec<_> = seen.iter().filter(|(kid, _)| *kid != key.kid).collect();
+    let new: Vec<_> = seen.iter().filter(|(kid, _)| *kid == key.kid).collect();
+    assert!(
+        !old.is_empty() && !new.is_empty(),
+        "both keys signed: {seen:?}"
+    );
+    for (_, iat) in &new {
+        assert!(
+            *iat >= activate_at,
+            "a token of the new key issued before its activation"
+        );
+    }
+    let created = key.created_at.unix_timestamp();
+    assert!(
+        activate_at - created >= 2,
+        "published at least publish_ahead before signing"
+    );
+    eprintln!(
+        "rotation under load: {} tokens accepted by both caching verifiers ({} of the old key, \
+         {} of the new) in {:?}",
+        seen.len(),
+        old.len(),
+        new.len(),
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn automatic_rotation_starts_when_the_interval_has_passed() {
+    let extra = "signing.rotation.publish_ahead = \"1h\"\nsigning.rotation.interval = \"30d\"\n";
+    let Some(app) = TestApp::spawn_with(extra).await else {
+        return;
+    };
+    let first = published(&app).await;
+    assert_eq!(first.len(), 1);
+    // Not before the interval.
+    app.clock
+        .advance(std::time::Duration::from_secs(29 * 86_400));
+    tokio::time::sleep(keygate::auth::KEY_POLL + std::time::Duration::from_millis(500)).await;
+    assert_eq!(published(&app).await, first);
+    // After it: a next key, published, not yet signing.
+    app.clock.advance(std::time::Duration::from_secs(86_400));
+    within_polls(&app, "an automatic rotation starts", async |n: &TestApp| {
+        published(n).await.len() == 2
+    })
+    .await;
+    let states = key_states(&app).await;
+    assert!(states.iter().any(|(_, s)| s == "next"), "{states:?}");
+    let session = app.user("auto@example.com").await;
+    assert_eq!(vec![kid_of(&session.access)], first);
 }

@@ -10,7 +10,7 @@ mod cookies;
 mod cors;
 mod errors;
 mod families;
-mod interop;
+pub(crate) mod interop;
 mod keys;
 mod logout;
 mod nodes;
