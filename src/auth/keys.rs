@@ -234,7 +234,8 @@ impl Auth {
         token: &str,
         now: OffsetDateTime,
     ) -> Result<Arc<Claims>, VerifyError> {
-        match self.keys().verify(token, now) {
+        let first = self.keys().verify(token, now);
+        match first {
             Err(VerifyError::UnknownKey) if self.may_look_for_unknown_kid() => {
                 if let Err(e) = self.follow_keys().await {
                     tracing::warn!(error = %e, "could not read the signing keys");
@@ -277,7 +278,9 @@ impl Auth {
         if let Some(interval) = self.config.signing.rotation_interval {
             self.rotate_if_due(now, interval).await?;
         }
-        let states = self.store.key_states(alg).await?;
+        let mut states = self.store.key_states(alg).await?;
+        // Sorted here, not by the database (whose collation may not sort bytes).
+        states.sort();
         if states == *loaded {
             return Ok(false);
         }
