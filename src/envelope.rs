@@ -52,13 +52,13 @@ struct Kek {
 }
 
 impl Kek {
-    fn new(bytes: &[u8; KEK_LEN]) -> Kek {
+    /// `None` only if aws-lc refused a 32-byte AES-256 key (it does not).
+    fn new(bytes: &[u8; KEK_LEN]) -> Option<Kek> {
         let mut input = b"keygate key encryption key id\0".to_vec();
         input.extend_from_slice(bytes);
         let id = hex_prefix(digest(&SHA256, &input).as_ref());
-        // A 32-byte key is always a valid AES-256 key.
-        let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, bytes).expect("AES-256 key"));
-        Kek { id, key }
+        let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, bytes).ok()?);
+        Some(Kek { id, key })
     }
 }
 
@@ -104,10 +104,10 @@ impl Envelope {
         previous: &[SecretBox<[u8; KEK_LEN]>],
     ) -> Envelope {
         Envelope {
-            current: current.map(|k| Kek::new(k.expose_secret())),
+            current: current.and_then(|k| Kek::new(k.expose_secret())),
             previous: previous
                 .iter()
-                .map(|k| Kek::new(k.expose_secret()))
+                .filter_map(|k| Kek::new(k.expose_secret()))
                 .collect(),
         }
     }
