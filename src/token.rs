@@ -325,28 +325,34 @@ impl KeyRing {
         let algorithm = cfg.signing.algorithm;
         let signing = Signer::parse(algorithm, &active.private_pem, &active.kid)?;
         let mut jwks = Vec::new();
-        let mut decoding = Vec::new();
         for key in std::iter::once(active).chain(others.iter()) {
             if key.algorithm != crate::config::algorithm_name(algorithm) {
                 continue;
             }
-            let loaded = LoadedKey::load(algorithm, &key.kid, &key.private_pem)?;
-            let dk = DecodingKey::from_jwk(&loaded.jwk)
-                .map_err(|_| TokenError::Load(key.kid.clone()))?;
-            decoding.push((key.kid.clone(), dk));
-            jwks.push(loaded.jwk);
+            jwks.push(LoadedKey::load(algorithm, &key.kid, &key.private_pem)?.jwk);
         }
-        let verifier = Verifier::new(algorithm, decoding, &cfg.issuer, &cfg.audience)
+        Self::asymmetric(cfg, active.kid.clone(), signing, jwks)
+    }
+
+    /// A ring signing with `signing` (key `kid`) and verifying with and publishing `jwks`
+    /// (each with its `kid`).
+    fn asymmetric(
+        cfg: &Config,
+        kid: String,
+        signing: Signer,
+        jwks: Vec<Jwk>,
+    ) -> Result<KeyRing, TokenError> {
+        let mut decoding = Vec::new();
+        for jwk in &jwks {
+            let id = jwk.common.key_id.clone().unwrap_or_default();
+            let dk = DecodingKey::from_jwk(jwk).map_err(|_| TokenError::Load(id.clone()))?;
+            decoding.push((id, dk));
+        }
+        let verifier = Verifier::new(cfg.signing.algorithm, decoding, &cfg.issuer, &cfg.audience)
             .with_leeway(cfg.leeway.as_secs());
         let jwks = serde_json::to_string(&serde_json::json!({ "keys": jwks }))
-            .map_err(|_| TokenError::Load(active.kid.clone()))?;
-        Ok(Self::assemble(
-            cfg,
-            Some(active.kid.clone()),
-            signing,
-            verifier,
-            jwks,
-        ))
+            .map_err(|_| TokenError::Load(kid.clone()))?;
+        Ok(Self::assemble(cfg, Some(kid), signing, verifier, jwks))
     }
 
     /// A key ring from the operator's files (`signing.private_key_file`, PKCS#8 PEM, signing;
@@ -389,49 +395,35 @@ impl KeyRing {
         let active = LoadedKey::load(algorithm, "", private)
             .map_err(|_| wrong("signing.private_key_file", path, None))?;
         let kid = active.thumbprint()?;
-        let mut jwks = Vec::new();
-        let mut decoding = Vec::new();
         let mut jwk = active.jwk;
         jwk.common.key_id = Some(kid.clone());
-        decoding.push((
-            kid.clone(),
-            DecodingKey::from_jwk(&jwk).map_err(|_| TokenError::Load(kid.clone()))?,
-        ));
-        jwks.push(jwk);
+        let mut jwks = vec![jwk];
         for (path, pem) in &files.previous_public {
             let parse = |a: Algorithm| match a {
                 Algorithm::EdDSA => DecodingKey::from_ed_pem(pem.as_bytes()),
                 Algorithm::ES256 => DecodingKey::from_ec_pem(pem.as_bytes()),
                 _ => DecodingKey::from_rsa_pem(pem.as_bytes()),
             };
+            let public = |a: Algorithm| {
+                parse(a)
+                    .ok()
+                    .and_then(|dk| Jwk::from_decoding_key(&dk, Some(a)).ok())
+            };
             let key = "signing.previous_public_key_files";
-            let Some(mut jwk) = parse(algorithm)
-                .ok()
-                .and_then(|dk| Jwk::from_decoding_key(&dk, Some(algorithm)).ok())
-            else {
-                let found = others.into_iter().find(|a| {
-                    *a != algorithm
-                        && parse(*a)
-                            .ok()
-                            .and_then(|dk| Jwk::from_decoding_key(&dk, Some(*a)).ok())
-                            .is_some()
-                });
+            let Some(mut jwk) = public(algorithm) else {
+                let found = others
+                    .into_iter()
+                    .find(|a| *a != algorithm && public(*a).is_some());
                 return Err(wrong(key, path, found));
             };
             jwk.common.public_key_use = Some(PublicKeyUse::Signature);
-            let kid = jwk
+            let previous = jwk
                 .thumbprint(ThumbprintHash::SHA256)
                 .map_err(|_| wrong(key, path, None))?;
-            jwk.common.key_id = Some(kid.clone());
-            let dk = DecodingKey::from_jwk(&jwk).map_err(|_| wrong(key, path, None))?;
-            decoding.push((kid, dk));
+            jwk.common.key_id = Some(previous);
             jwks.push(jwk);
         }
-        let verifier = Verifier::new(algorithm, decoding, &cfg.issuer, &cfg.audience)
-            .with_leeway(cfg.leeway.as_secs());
-        let jwks = serde_json::to_string(&serde_json::json!({ "keys": jwks }))
-            .map_err(|_| TokenError::Load(kid.clone()))?;
-        Ok(Self::assemble(cfg, Some(kid), signing, verifier, jwks))
+        Self::asymmetric(cfg, kid, signing, jwks)
     }
 
     fn assemble(

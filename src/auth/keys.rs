@@ -314,17 +314,15 @@ impl Auth {
             .find(|k| k.state == "active")
             .and_then(|k| k.activated_at)
             .is_some_and(|at| at + interval <= now);
-        if due {
-            self.start_rotation(now).await?;
+        if due && self.start_rotation(now).await? {
             tracing::info!("automatic rotation started (signing.rotation.interval)");
         }
         Ok(())
     }
 
     /// Creates the next key, published at once (on every node within a poll) and signing
-    /// `signing.rotation.publish_ahead` after that. `None` if another node started a rotation
-    /// first.
-    async fn start_rotation(&self, now: OffsetDateTime) -> Result<Option<KeyInfo>, KeyError> {
+    /// `signing.rotation.publish_ahead` after that. `false` if a rotation was under way.
+    async fn start_rotation(&self, now: OffsetDateTime) -> Result<bool, KeyError> {
         let envelope = self.config.signing.envelope();
         let key = generate(&self.config, &envelope, now).await?;
         // Every node publishes the new key within one poll of its creation; it signs
@@ -333,16 +331,7 @@ impl Auth {
         let activate_at = now
             + time::Duration::try_from(self.config.signing.publish_ahead + KEY_POLL)
                 .unwrap_or(time::Duration::HOUR);
-        if !self.store.insert_next_key(&key, activate_at).await? {
-            return Ok(None);
-        }
-        let info = self
-            .store
-            .all_keys()
-            .await?
-            .into_iter()
-            .find(|k| k.kid == key.kid);
-        Ok(info)
+        Ok(self.store.insert_next_key(&key, activate_at).await?)
     }
 
     /// `keygate keys rotate` and `POST /admin/keys/rotate`: starts a staged rotation. The new
@@ -365,13 +354,13 @@ impl Auth {
             .into_iter()
             .find(|k| k.algorithm == alg && k.state == "next")
             .ok_or_else(|| KeyError::NotInUse("next".to_owned()))?;
-        if started.is_some() {
+        if started {
             tracing::info!(kid = %next.kid, "signing key rotation started");
             self.emit(super::events::Event::success("key_rotated", client).by(actor))
                 .await;
         }
         self.follow_keys().await?;
-        Ok((next, started.is_some()))
+        Ok((next, started))
     }
 
     /// `keygate keys revoke KID` and `POST /admin/keys/{kid}/revoke`: takes a key out of use at
@@ -386,9 +375,27 @@ impl Auth {
     ) -> Result<String, KeyError> {
         self.keys_are_stored()?;
         let now = self.now();
-        let envelope = self.config.signing.envelope();
-        let replacement = generate(&self.config, &envelope, now).await?;
-        let Some(was) = self.store.revoke_key(kid, now, &replacement).await? else {
+        let state = self
+            .store
+            .all_keys()
+            .await?
+            .into_iter()
+            .find(|k| k.kid == kid && matches!(k.state.as_str(), "next" | "active" | "retiring"))
+            .map(|k| k.state)
+            .ok_or_else(|| KeyError::NotInUse(kid.to_owned()))?;
+        // A replacement is made only for a key that signs, or may by the time the revocation
+        // runs (a next key); a retiring key never signs again.
+        let replacement = if state == "retiring" {
+            None
+        } else {
+            let envelope = self.config.signing.envelope();
+            Some(generate(&self.config, &envelope, now).await?)
+        };
+        let Some(was) = self
+            .store
+            .revoke_key(kid, now, replacement.as_ref())
+            .await?
+        else {
             return Err(KeyError::NotInUse(kid.to_owned()));
         };
         tracing::warn!(kid = %kid, was = %was, "signing key revoked");

@@ -112,20 +112,6 @@ impl Store {
         Ok(secret)
     }
 
-    /// Keys that still verify but no longer sign (retiring) or do not sign yet (next).
-    pub async fn verifying_keys(&self, algorithm: &str) -> Result<Vec<StoredKey>, StoreError> {
-        let rows: Vec<KeyRow> = on_pool!(self, write, |pool| {
-            sqlx::query_as(
-                "select kid, algorithm, private_key, created_at from signing_keys \
-                 where algorithm = $1 and state in ('next', 'retiring') order by created_at",
-            )
-            .bind(algorithm)
-            .fetch_all(pool)
-            .await?
-        })?;
-        Ok(rows.into_iter().map(StoredKey::from).collect())
-    }
-
     /// Every signing key with its state and the times of its transitions, oldest first.
     pub async fn all_keys(&self) -> Result<Vec<KeyInfo>, StoreError> {
         let rows: Vec<KeyInfoRow> = on_pool!(self, write, |pool| {
@@ -237,12 +223,13 @@ impl Store {
 
     /// Revokes key `kid` at once: unpublished, no longer verifying, private part erased. If it
     /// was the active key, the next key (already published) becomes active, or else
-    /// `replacement`. The state it was in, or `None` if it was not in use.
+    /// `replacement` (the caller passes one for a key that is, or may become, active). The
+    /// state it was in, or `None` if it was not in use.
     pub async fn revoke_key(
         &self,
         kid: &str,
         now: time::OffsetDateTime,
-        replacement: &StoredKey,
+        replacement: Option<&StoredKey>,
     ) -> Result<Option<String>, StoreError> {
         let now_ms = to_millis(now);
         let was = on_pool!(self, write, |pool| {
@@ -273,7 +260,7 @@ impl Store {
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();
-                    if promoted == 0 {
+                    if let (0, Some(replacement)) = (promoted, replacement) {
                         sqlx::query(
                             "insert into signing_keys (kid, algorithm, private_key, state, \
                              created_at, activated_at) values ($1, $2, $3, 'active', $4, $4)",

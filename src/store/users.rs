@@ -195,16 +195,18 @@ impl Store {
         if self.cache.session_live(session, user, now) == Some(true) {
             return self.find_user(user).await;
         }
+        static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+            let columns: Vec<String> = USER_COLUMNS.split(", ").map(|c| format!("u.{c}")).collect();
+            format!(
+                "select {}, s.expires_at as session_expires_at from sessions s \
+                 join users u on u.id = s.user_id where s.id = $1 and s.user_id = $2 \
+                 and s.revoked_at is null and (s.expires_at is null or s.expires_at > $3)",
+                columns.join(", ")
+            )
+        });
         let (sessions_seen, users_seen) = (self.cache.session_epoch(), self.cache.user_epoch());
-        let columns: Vec<String> = USER_COLUMNS.split(", ").map(|c| format!("u.{c}")).collect();
-        let sql = format!(
-            "select {}, s.expires_at as session_expires_at from sessions s \
-             join users u on u.id = s.user_id where s.id = $1 and s.user_id = $2 \
-             and s.revoked_at is null and (s.expires_at is null or s.expires_at > $3)",
-            columns.join(", ")
-        );
         let row: Option<LiveUserRow> = on_pool!(self, read, |pool| {
-            sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
+            sqlx::query_as(sqlx::AssertSqlSafe(SQL.as_str()))
                 .bind(session.to_string())
                 .bind(user.to_string())
                 .bind(to_millis(now))
