@@ -23,9 +23,6 @@ use crate::conns::Connections;
 use crate::http::{self, AppState};
 use crate::store::Store;
 
-/// How long shutdown waits for in-flight requests.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
-
 /// A built server, bound but not yet serving.
 #[derive(Debug)]
 pub struct App {
@@ -57,13 +54,14 @@ impl App {
             addr: config.listen,
             source,
         })?;
+        crate::metrics::install();
         let store = Store::connect(&config).await?;
         store.migrate().await?;
         let auth = Auth::new(Arc::new(config), store, clock).await?;
         Ok(App {
             listener,
             addr,
-            state: Arc::new(AppState { auth }),
+            state: Arc::new(AppState::new(auth)),
         })
     }
 
@@ -82,8 +80,10 @@ impl App {
         http::router(self.state.clone())
     }
 
-    /// Serves until `shutdown` completes, then finishes in-flight requests (for at most
-    /// [`SHUTDOWN_GRACE`]) and closes the database.
+    /// Serves until `shutdown` completes, then shuts down gracefully: `/readyz` answers 503
+    /// from that moment, the listener closes, in-flight requests finish (for at most
+    /// `shutdown_timeout`; keep-alive connections are closed after their current request),
+    /// the background tasks stop, queued writes commit and the database pools close.
     ///
     /// Connections are served by hyper directly rather than `axum::serve` so that slow clients
     /// are bounded: request headers must arrive within `header_read_timeout` (which also
@@ -95,8 +95,11 @@ impl App {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let router = http::router(self.state.clone());
-        let purger = tokio::spawn(purge_periodically(self.state.clone()));
-        let key_follower = tokio::spawn(follow_keys_periodically(self.state.clone()));
+        let background = [
+            tokio::spawn(purge_periodically(self.state.clone())),
+            tokio::spawn(follow_keys_periodically(self.state.clone())),
+            tokio::spawn(metrics_upkeep()),
+        ];
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
@@ -131,7 +134,10 @@ impl App {
                         continue;
                     }
                 },
-                () = &mut shutdown => break,
+                () = &mut shutdown => {
+                    self.state.begin_draining();
+                    break;
+                }
             };
             let (admitted, shed) = match connections.admit(peer.ip()) {
                 Ok(admitted) => admitted,
@@ -170,15 +176,21 @@ impl App {
             });
         }
         drop(self.listener);
-        if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+        let timeout = self.state.auth.config().shutdown_timeout;
+        if tokio::time::timeout(timeout, graceful.shutdown())
             .await
             .is_err()
         {
             tracing::warn!("in-flight requests did not finish in time; closing anyway");
         }
-        purger.abort();
-        key_follower.abort();
+        for task in background {
+            task.abort();
+            let _ = task.await;
+        }
+        // Writes queued for the group commit (by the last requests) commit before the pools
+        // close.
         self.state.auth.store().close().await;
+        tracing::info!("shut down");
         Ok(())
     }
 
@@ -198,6 +210,16 @@ async fn follow_keys_periodically(state: Arc<AppState>) {
         if let Err(e) = state.auth.follow_keys().await {
             tracing::warn!(error = %e, "could not follow the signing keys; will retry");
         }
+    }
+}
+
+/// Drains histogram samples every few seconds, so memory stays bounded between scrapes.
+async fn metrics_upkeep() {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        crate::metrics::upkeep();
     }
 }
 

@@ -108,7 +108,7 @@ impl Hasher {
     pub async fn hash(&self, password: &Password) -> Result<String, PasswordError> {
         let argon = self.argon.clone();
         let password = password.clone();
-        self.run(move || hash_in_place(&argon, password.expose().as_bytes()))
+        self.run(move || timed(|| hash_in_place(&argon, password.expose().as_bytes())))
             .await
     }
 
@@ -127,15 +127,24 @@ impl Hasher {
         let hash = stored.unwrap_or(&self.dummy_hash).to_owned();
         let matched = self
             .run(move || {
-                if is_bcrypt(&hash) {
-                    return Ok(bcrypt::verify(password.expose().as_bytes(), &hash).unwrap_or(false));
-                }
-                verify_in_place(&argon, password.expose().as_bytes(), &hash)
+                timed(|| {
+                    if is_bcrypt(&hash) {
+                        return Ok(
+                            bcrypt::verify(password.expose().as_bytes(), &hash).unwrap_or(false)
+                        );
+                    }
+                    verify_in_place(&argon, password.expose().as_bytes(), &hash)
+                })
             })
             .await?;
         #[cfg(test)]
         self.hold.pass().await;
         Ok(exists && matched)
+    }
+
+    /// Requests waiting for a hashing thread.
+    pub fn queue_depth(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
     }
 
     /// Whether `stored` should be replaced by a hash with the current parameters: any bcrypt
@@ -198,6 +207,14 @@ impl Hasher {
 }
 
 type Job = Box<dyn FnOnce() + Send>;
+
+/// Runs one hash or verification, recording its time in `keygate_password_hash_seconds`.
+fn timed<T>(work: impl FnOnce() -> T) -> T {
+    let started = std::time::Instant::now();
+    let result = work();
+    crate::metrics::password_hash(started.elapsed());
+    result
+}
 
 thread_local! {
     /// Each hashing thread's argon2 work area, allocated once at the configured size.

@@ -16,6 +16,8 @@ pub(crate) struct Event<'a> {
     pub(crate) reason: Option<&'static str>,
     /// The administrator who acted, for administrative events (logged, not in the audit row).
     pub(crate) actor: Option<UserId>,
+    /// A refresh answered from the grace window (counted apart in the metrics only).
+    pub(crate) grace: bool,
 }
 
 impl<'a> Event<'a> {
@@ -28,6 +30,7 @@ impl<'a> Event<'a> {
             success: true,
             reason: None,
             actor: None,
+            grace: false,
         }
     }
 
@@ -89,14 +92,19 @@ pub(crate) fn row<'a>(e: &Event<'a>) -> NewAuditEvent<'a> {
     }
 }
 
-/// The log line of an event: stable field names, never a secret.
+/// The log line of an event: stable field names, never a secret. Login and refresh events
+/// are counted in the metrics here, so that every path that logs one counts it.
 pub(crate) fn log(e: &Event<'_>) {
-    let user_id = e.user_id.map(|u| u.to_string()).unwrap_or_default();
-    let session_id = e.session_id.map(|s| s.to_string()).unwrap_or_default();
+    count(e);
+    // Absent fields are left out of the line (an `Option` field records only `Some`), not
+    // written as "".
+    use tracing::field::display;
+    let user_id = e.user_id.map(display);
+    let session_id = e.session_id.map(display);
     let outcome = if e.success { "success" } else { "failure" };
-    let reason = e.reason.unwrap_or("");
-    let ip = e.client.ip.as_deref().unwrap_or("");
-    let actor_id = e.actor.map(|a| a.to_string()).unwrap_or_default();
+    let reason = e.reason;
+    let ip = e.client.ip.as_deref();
+    let actor_id = e.actor.map(display);
     macro_rules! log {
         ($level:ident) => {
             tracing::$level!(
@@ -115,5 +123,20 @@ pub(crate) fn log(e: &Event<'_>) {
         log!(warn);
     } else {
         log!(info);
+    }
+}
+
+/// `keygate_logins_total{outcome}` and `keygate_refreshes_total{outcome}`.
+fn count(e: &Event<'_>) {
+    match (e.name, e.reason) {
+        ("login_succeeded", _) => crate::metrics::login("success"),
+        ("login_failed", Some("account_disabled")) => crate::metrics::login("account_disabled"),
+        ("login_failed", _) => crate::metrics::login("invalid_credentials"),
+        ("refresh_succeeded", _) if e.grace => crate::metrics::refresh("grace"),
+        ("refresh_succeeded", _) => crate::metrics::refresh("success"),
+        ("refresh_failed", Some("session_ended")) => crate::metrics::refresh("expired"),
+        ("refresh_failed", _) => crate::metrics::refresh("invalid"),
+        ("refresh_token_reused", _) => crate::metrics::refresh("reuse_detected"),
+        _ => {}
     }
 }

@@ -246,6 +246,14 @@ impl Auth {
         &self.store
     }
 
+    /// Sets the gauges read at scrape time: the password-hashing queue and the database pools.
+    pub fn record_gauges(&self) {
+        crate::metrics::password_hash_queue_depth(self.hasher.queue_depth());
+        for (pool, size, idle) in self.store.pool_stats() {
+            crate::metrics::db_pool(pool, size, idle);
+        }
+    }
+
     /// The rate limiters.
     pub fn limits(&self) -> &Arc<Limits> {
         &self.limits
@@ -263,6 +271,10 @@ impl Auth {
     }
 
     pub(crate) async fn rate_limited(&self, action: Action, client: &ClientInfo) {
+        crate::metrics::rate_limited(action.name());
+        if action == Action::Login {
+            crate::metrics::login("throttled");
+        }
         tracing::info!(
             event = "rate_limited",
             action = action.name(),

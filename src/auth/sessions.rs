@@ -404,8 +404,11 @@ impl Auth {
                     .await;
                     return Err(AuthError::InvalidRefreshToken);
                 };
-                self.emit(Event::success("refresh_succeeded", client).of(session))
-                    .await;
+                self.emit(Event {
+                    grace: true,
+                    ..Event::success("refresh_succeeded", client).of(session)
+                })
+                .await;
                 self.token_pair(
                     &user,
                     session.id,

@@ -88,6 +88,10 @@ pub struct Config {
     pub max_connections_per_ip: usize,
     /// A whole request must complete within this (503 otherwise).
     pub request_timeout: Duration,
+    /// On SIGTERM or SIGINT, how long in-flight requests may take to finish.
+    pub shutdown_timeout: Duration,
+    /// `metrics.*`: who may read `GET /metrics`.
+    pub metrics: MetricsConfig,
     /// Whether anyone may register.
     pub registration: Registration,
     /// Sessions a user may hold at once; the least recently used ends beyond it.
@@ -276,6 +280,16 @@ pub struct CorsConfig {
     pub allowed_origins: Vec<String>,
 }
 
+/// `metrics.*`: `GET /metrics` is open to loopback clients; anyone else needs the bearer
+/// `token` or an address in `allowed_networks`.
+#[derive(Clone, Debug, Default)]
+pub struct MetricsConfig {
+    /// A bearer token that opens `/metrics` from anywhere.
+    pub token: Option<SecretString>,
+    /// Client networks that may read `/metrics` without the token.
+    pub allowed_networks: Vec<ipnet::IpNet>,
+}
+
 /// `log.*`
 #[derive(Clone, Debug, Serialize)]
 pub struct LogConfig {
@@ -443,6 +457,16 @@ impl Config {
             max_connections: self.max_connections,
             max_connections_per_ip: self.max_connections_per_ip,
             request_timeout: format_duration(self.request_timeout),
+            shutdown_timeout: format_duration(self.shutdown_timeout),
+            metrics: RedactedMetrics {
+                token: self.metrics.token.as_ref().map(|_| "[redacted]"),
+                allowed_networks: self
+                    .metrics
+                    .allowed_networks
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect(),
+            },
             audit: RedactedAudit {
                 retention: format_duration(self.audit_retention),
             },
@@ -518,6 +542,8 @@ struct RedactedView<'a> {
     max_connections: usize,
     max_connections_per_ip: usize,
     request_timeout: String,
+    shutdown_timeout: String,
+    metrics: RedactedMetrics,
     audit: RedactedAudit,
     cookies: &'a CookiesConfig,
     cors: &'a CorsConfig,
@@ -535,6 +561,13 @@ struct RedactedRateLimits {
     token: String,
     failed_logins: String,
     ipv6_prefix: u8,
+}
+
+#[derive(Serialize)]
+struct RedactedMetrics {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token: Option<&'static str>,
+    allowed_networks: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -635,6 +668,9 @@ struct RawConfig {
     max_connections: Option<Text>,
     max_connections_per_ip: Option<Text>,
     request_timeout: Option<Text>,
+    shutdown_timeout: Option<Text>,
+    #[serde(default)]
+    metrics: RawMetrics,
     registration: Option<Text>,
     max_sessions_per_user: Option<Text>,
     truncate_session_ip: Option<Text>,
@@ -674,6 +710,13 @@ struct RawRateLimits {
     token: Option<Text>,
     failed_logins: Option<Text>,
     ipv6_prefix: Option<Text>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    token: Option<Text>,
+    allowed_networks: Option<TextList>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -813,6 +856,24 @@ fn duration(key: &str, v: Option<Text>, default: &str) -> Result<Duration, Confi
             "expected a duration such as `10s`, `15m`, `12h` or `30d` (or `0`)",
         )
     })
+}
+
+/// A list of IP addresses or CIDR networks.
+fn networks(key: &str, v: Option<TextList>) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+    v.map(|l| l.0)
+        .unwrap_or_default()
+        .iter()
+        .map(|p| {
+            p.parse::<ipnet::IpNet>()
+                .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    ConfigError::key(
+                        key,
+                        "expected IP addresses or CIDR networks such as `10.0.0.0/8`",
+                    )
+                })
+        })
+        .collect()
 }
 
 fn positive_duration(key: &str, v: Option<Text>, default: &str) -> Result<Duration, ConfigError> {
@@ -973,22 +1034,21 @@ impl TryFrom<RawConfig> for Config {
             raw.max_connections_per_ip,
             256usize,
         )?;
-        let trusted_proxies = raw
-            .trusted_proxies
-            .map(|l| l.0)
-            .unwrap_or_default()
-            .iter()
-            .map(|p| {
-                p.parse::<ipnet::IpNet>()
-                    .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-                    .map_err(|_| {
-                        ConfigError::key(
-                            "trusted_proxies",
-                            "expected IP addresses or CIDR networks such as `10.0.0.0/8`",
-                        )
-                    })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let trusted_proxies = networks("trusted_proxies", raw.trusted_proxies)?;
+        let shutdown_timeout = duration("shutdown_timeout", raw.shutdown_timeout, "20s")?;
+        let metrics = MetricsConfig {
+            token: match raw.metrics.token.map(|t| t.0) {
+                None => None,
+                Some(t) if t.len() >= 16 => Some(SecretString::from(t)),
+                Some(_) => {
+                    return Err(ConfigError::key(
+                        "metrics.token",
+                        "must be at least 16 characters (a random string; it opens /metrics)",
+                    ));
+                }
+            },
+            allowed_networks: networks("metrics.allowed_networks", raw.metrics.allowed_networks)?,
+        };
 
         let registration = match text(raw.registration, "open").as_str() {
             "open" => Registration::Open,
@@ -1088,6 +1148,8 @@ impl TryFrom<RawConfig> for Config {
             max_connections,
             max_connections_per_ip,
             request_timeout,
+            shutdown_timeout,
+            metrics,
             registration,
             max_sessions_per_user,
             truncate_session_ip,

@@ -30,6 +30,34 @@ use crate::auth::Auth;
 pub struct AppState {
     /// The use cases.
     pub auth: Auth,
+    /// Becomes `true` at the first shutdown signal.
+    draining: tokio::sync::watch::Sender<bool>,
+}
+
+impl AppState {
+    /// The state of a server around `auth`.
+    pub fn new(auth: Auth) -> AppState {
+        AppState {
+            auth,
+            draining: tokio::sync::watch::Sender::new(false),
+        }
+    }
+
+    /// Marks the node as shutting down: `/readyz` answers 503 from now on, so that a load
+    /// balancer drains it, and long polls answer at once.
+    pub fn begin_draining(&self) {
+        self.draining.send_replace(true);
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_draining(&self) -> bool {
+        *self.draining.borrow()
+    }
+
+    /// Completes once shutdown has begun.
+    pub(crate) async fn drained(&self) {
+        let _ = self.draining.subscribe().wait_for(|d| *d).await;
+    }
 }
 
 /// Largest request body (API.md: 16 KiB).
@@ -74,8 +102,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/.well-known/jwks.json", get(jwks))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .merge(oauth::routes())
         .merge(ui::routes())
+        // Hands the matched route template to `track` (outside the router, where it is
+        // not known otherwise).
+        .route_layer(middleware::from_fn(pass_matched_path))
         .fallback(not_found)
         .method_not_allowed_fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -104,7 +136,42 @@ pub fn router(state: Arc<AppState>) -> Router {
             tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
         }))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .layer(middleware::from_fn(track))
         .with_state(state)
+}
+
+/// Counts every request in `keygate_http_requests_total{method,route,status}` and times it
+/// in `keygate_http_request_duration_seconds`, by route template (`/admin/users/{id}`):
+/// never a raw path, which would make a series per id. Requests that match no route (404s,
+/// and those refused before routing) are `route="unmatched"`.
+async fn track(req: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
+    let method = req.method().clone();
+    let response = next.run(req).await;
+    let route = response
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("unmatched", |m| m.as_str());
+    crate::metrics::http_request(
+        method.as_str(),
+        route,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
+}
+
+/// Copies the request's matched route template into the response for [`track`].
+async fn pass_matched_path(req: Request, next: Next) -> Response {
+    let matched = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .cloned();
+    let mut response = next.run(req).await;
+    if let Some(matched) = matched {
+        response.extensions_mut().insert(matched);
+    }
+    response
 }
 
 /// How long a browser may cache a preflight answer.
@@ -191,21 +258,120 @@ async fn healthz() -> impl IntoResponse {
     axum::Json(serde_json::json!({ "status": "ok" }))
 }
 
-/// 200 when the database answers, else 503. Redis is reported but never makes a node
-/// unready: without it, limits fall back to the node's memory (fail open).
+/// Each dependency's state, and 200 only when the node can serve: the database answers, the
+/// signing keys are loaded, and no shutdown has begun (503 from the first signal, so a load
+/// balancer drains the node). Redis, when configured, is reported but never makes a node
+/// unready: without it, limits fall back to the node's memory (fail open), so it is
+/// `degraded`.
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    if !state.auth.store().ping().await {
-        return ApiError::Unavailable(1).into_response();
-    }
-    let rate_limits = match state.auth.limits().check_redis().await {
+    let database = state.auth.store().ping().await;
+    // The ring in use always holds its signer (a node without one never starts); the
+    // check names it, so an operator sees which key each node signs with mid-rotation.
+    let signing_kid = state
+        .auth
+        .keys()
+        .signing_kid()
+        .unwrap_or("HS256")
+        .to_owned();
+    let redis = state.auth.limits().check_redis().await;
+    let draining = state.is_draining();
+    let ready = database && !draining;
+    let status = match (ready, draining, redis) {
+        (false, true, _) => "draining",
+        (false, false, _) => "unavailable",
+        (true, _, Some(false)) => "degraded",
+        (true, _, _) => "ready",
+    };
+    let mut checks = serde_json::json!({
+        "database": if database { "ok" } else { "down" },
+        "signing_keys": "ok",
+        "signing_kid": signing_kid,
+    });
+    checks["redis"] = match redis {
+        None => serde_json::Value::from("not_configured"),
+        Some(true) => "ok".into(),
+        Some(false) => "down".into(),
+    };
+    let rate_limits = match redis {
         None => "memory",
         Some(true) => "redis",
         Some(false) => "memory (redis unreachable: limits are per node)",
     };
-    axum::Json(serde_json::json!({
-        "status": "ready",
-        "database": "ok",
+    let mut body = serde_json::json!({
+        "status": status,
+        "checks": checks,
         "rate_limits": rate_limits,
-    }))
-    .into_response()
+    });
+    if !ready {
+        // The error table's shape too, so a client that only knows it still understands.
+        body["error"] = "unavailable".into();
+        body["message"] = if draining {
+            "Shutting down; retry on another node"
+        } else {
+            "The database does not answer; retry later"
+        }
+        .into();
+    }
+    let code = if ready {
+        axum::http::StatusCode::OK
+    } else {
+        axum::http::StatusCode::SERVICE_UNAVAILABLE
+    };
+    let mut response = (code, axum::Json(body)).into_response();
+    if !ready {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// Prometheus text format. Open to loopback clients that came straight to Keygate (no
+/// `X-Forwarded-For` or `Forwarded` header: a reverse proxy on the same host is not a local
+/// scraper), to addresses in `metrics.allowed_networks`, and to `Authorization: Bearer
+/// <metrics.token>` (compared in constant time); 404 `not_found` to anyone else, so the
+/// endpoint's existence is not advertised.
+async fn metrics(
+    State(state): State<Arc<AppState>>,
+    extract::Client(client): extract::Client,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let config = &state.auth.config().metrics;
+    let ip = client
+        .ip
+        .as_deref()
+        .and_then(|ip| ip.parse::<std::net::IpAddr>().ok());
+    let proxied =
+        headers.contains_key("x-forwarded-for") || headers.contains_key(header::FORWARDED);
+    let local = ip.is_some_and(|ip| ip.is_loopback()) && !proxied;
+    let listed = ip.is_some_and(|ip| config.allowed_networks.iter().any(|n| n.contains(&ip)));
+    let bearer = config.token.as_ref().is_some_and(|token| {
+        use secrecy::ExposeSecret as _;
+        use subtle::ConstantTimeEq as _;
+        headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|given| {
+                bool::from(given.as_bytes().ct_eq(token.expose_secret().as_bytes()))
+            })
+    });
+    if !(local || listed || bearer) {
+        return ApiError::NotFound.into_response();
+    }
+    state.auth.record_gauges();
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            ),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        crate::metrics::render(),
+    )
+        .into_response()
 }

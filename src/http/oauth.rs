@@ -501,7 +501,17 @@ async fn revocations(
         .request_timeout
         .saturating_sub(std::time::Duration::from_secs(1));
     let wait = std::time::Duration::from_secs(wait.min(MAX_FEED_WAIT)).min(limit);
-    let feed = state.auth.revocations(cursor, wait).await?;
+    // A long poll ends early when the node begins to shut down (what has arrived by then is
+    // answered), so that it never holds up a graceful shutdown.
+    let wait = if state.is_draining() {
+        std::time::Duration::ZERO
+    } else {
+        wait
+    };
+    let feed = tokio::select! {
+        feed = state.auth.revocations(cursor, wait) => feed,
+        () = state.drained() => state.auth.revocations(cursor, std::time::Duration::ZERO).await,
+    }?;
     let body = RevocationsBody {
         revoked: feed.sessions.iter().map(ToString::to_string).collect(),
         cursor: feed.cursor.to_string(),

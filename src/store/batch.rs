@@ -185,6 +185,8 @@ enum Op {
         audit: Option<AuditRow>,
     },
     Audit(AuditRow),
+    /// Nothing: its answer comes once everything queued before it has committed.
+    Barrier,
     /// A statement of a test's choosing (to inject a failure into a batch).
     #[cfg(test)]
     Raw(&'static str),
@@ -268,6 +270,11 @@ impl Batcher {
         Ok((done.rows == 1).then_some(done.ended))
     }
 
+    /// Returns once every operation queued before this call has committed (or failed).
+    pub(super) async fn flush(&self) {
+        let _ = self.submit(Op::Barrier).await;
+    }
+
     /// Appends an audit row.
     pub(super) async fn audit(&self, a: AuditRow) -> Result<u64, sqlx::Error> {
         Ok(self.submit(Op::Audit(a)).await?.rows)
@@ -283,6 +290,7 @@ async fn run(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
+        crate::metrics::group_commit(batch.len());
         let results = commit(&mut conn, &batch).await;
         for (job, result) in batch.into_iter().zip(results) {
             let _ = job.reply.send(result);
@@ -293,6 +301,7 @@ async fn run(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Job>) {
 /// One operation's statements, inside the batch's transaction.
 async fn run_op(conn: &mut SqliteConnection, op: &Op) -> Result<Done, sqlx::Error> {
     match op {
+        Op::Barrier => Ok(Done::rows(0)),
         Op::Rotate(r, now, audit) => {
             let rotated = rotate_query::<sqlx::Sqlite>(r, *now)
                 .execute(&mut *conn)

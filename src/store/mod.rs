@@ -290,8 +290,28 @@ impl Store {
         .is_ok()
     }
 
-    /// Closes every connection (graceful shutdown).
+    /// Each pool's name, open connections and idle connections (for the metrics).
+    pub fn pool_stats(&self) -> Vec<(&'static str, u32, usize)> {
+        match &self.backend {
+            Backend::Sqlite { reader, writer, .. } => vec![
+                ("read", reader.size(), reader.num_idle()),
+                ("write", writer.size(), writer.num_idle()),
+            ],
+            Backend::Postgres(pg) => vec![("main", pg.size(), pg.num_idle())],
+        }
+    }
+
+    /// Waits until every write queued for the SQLite group commit so far has committed
+    /// (nothing to wait for on PostgreSQL).
+    pub async fn flush(&self) {
+        if let Backend::Sqlite { batcher, .. } = &self.backend {
+            batcher.flush().await;
+        }
+    }
+
+    /// Closes every connection (graceful shutdown), after the queued writes committed.
     pub async fn close(&self) {
+        self.flush().await;
         match &self.backend {
             Backend::Sqlite { reader, writer, .. } => {
                 reader.close().await;

@@ -205,6 +205,7 @@ impl Store {
                 self.cache.forget_session(id);
             }
         }
+        crate::metrics::sessions_revoked("session_limit", ended.len() as u64);
         Ok(ended.len() as u64)
     }
 
@@ -302,6 +303,7 @@ impl Store {
             .rows_affected()
         })?;
         self.cache.forget_session(id);
+        crate::metrics::sessions_revoked(reason, done);
         Ok(done == 1)
     }
 
@@ -329,6 +331,7 @@ impl Store {
             .rows_affected()
         })?;
         self.cache.forget_all_sessions();
+        crate::metrics::sessions_revoked(reason, done);
         Ok(done)
     }
 

@@ -825,3 +825,28 @@ async fn tokens_from_the_token_endpoint_verify_with_jsonwebtoken_from_the_jwks_a
         }
     }
 }
+
+#[tokio::test]
+async fn a_long_poll_of_the_revocation_feed_ends_when_shutdown_begins() {
+    let Some(app) = spawn().await else {
+        return;
+    };
+    let first = feed(&app, "", 0).await;
+    let cursor = first["cursor"].as_str().unwrap().to_owned();
+    let started = std::time::Instant::now();
+    let poll = feed(&app, &cursor, 20);
+    let drain = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        app.state.begin_draining();
+    };
+    let (page, ()) = tokio::join!(poll, drain);
+    // Answered at once with what there is, not after 20 s: a follower never holds up a
+    // graceful shutdown.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(revoked(&page).is_empty(), "{page}");
+    assert!(page["cursor"].is_string());
+}

@@ -51,6 +51,8 @@ async fn an_unreachable_redis_fails_open_to_memory_and_says_so() {
     let r = app.client.get(app.url("/readyz")).send().await.unwrap();
     assert_eq!(r.status(), 200, "Redis never makes a node unready");
     let ready: Value = r.json().await.unwrap();
+    assert_eq!(ready["status"], "degraded", "{ready}");
+    assert_eq!(ready["checks"]["redis"], "down", "{ready}");
     assert!(
         ready["rate_limits"]
             .as_str()

@@ -57,6 +57,8 @@ async fn two_nodes_with_redis_enforce_one_login_budget() {
         .await
         .unwrap();
     assert_eq!(ready["rate_limits"], "redis");
+    assert_eq!(ready["checks"]["redis"], "ok");
+    assert_eq!(ready["status"], "ready");
 }
 
 #[tokio::test]
