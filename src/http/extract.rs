@@ -64,6 +64,13 @@ async fn read_body<S: Send + Sync>(
 fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let value: serde_json::Value =
         serde_json::from_slice(bytes).map_err(|_| ApiError::BadRequest("Malformed JSON"))?;
+    // Every body is an object: serde would also fill a struct from an array of its fields in
+    // order (`[null, null]`), which is not what the contract accepts.
+    if !value.is_object() {
+        return Err(ApiError::BadRequest(
+            "JSON of the wrong shape: expected an object",
+        ));
+    }
     serde_json::from_value(value).map_err(|_| {
         ApiError::BadRequest("JSON of the wrong shape: expected an object with string fields")
     })

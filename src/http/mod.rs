@@ -6,6 +6,7 @@ mod cookies;
 pub mod error;
 mod extract;
 mod oauth;
+mod openapi;
 mod ui;
 
 use std::sync::Arc;
@@ -103,6 +104,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi::openapi_json))
+        .route("/docs", get(openapi::docs_redirect))
+        .route("/docs/", get(openapi::docs))
+        .route("/docs/{file}", get(openapi::docs_file))
         .merge(oauth::routes())
         .merge(ui::routes())
         // Hands the matched route template to `track` (outside the router, where it is
@@ -212,8 +217,20 @@ fn cors(config: &crate::config::CorsConfig) -> Option<tower_http::cors::CorsLaye
 }
 
 /// Unknown routes and methods: 404 `not_found` in the contract's format.
-async fn not_found() -> ApiError {
-    ApiError::NotFound
+async fn not_found() -> Response {
+    let mut response = ApiError::NotFound.into_response();
+    response.extensions_mut().insert(Unrouted);
+    response
+}
+
+/// Marks (in its extensions, never on the wire) a response that no route gave: the path or
+/// the method is unknown. Tests use it to list the router's routes.
+#[derive(Debug, Clone, Copy)]
+pub struct Unrouted;
+
+/// The OpenAPI document of [`router`] (what `GET /openapi.json` serves).
+pub fn openapi_document() -> &'static str {
+    openapi::document()
 }
 
 /// 503 `unavailable` for a request that takes longer than `request_timeout` (reading a slow
@@ -248,12 +265,20 @@ async fn limit_headers(req: Request, next: Next) -> Response {
 /// [`oauth::METADATA_MAX_AGE`] at most and never more than half of
 /// `signing.rotation.publish_ahead`, so that a verifier caching it for its `max-age` holds the
 /// next key before it signs.
+#[utoipa::path(get, path = "/.well-known/jwks.json", tag = "keys",
+    responses(
+        (status = 200, description = "`{\"keys\": [JWK…]}`: the next, active and retiring public keys (empty with HS256). `Cache-Control: public, max-age` and a strong `ETag`", content_type = "application/json", body = Object,
+            example = json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo", "kid": "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k", "alg": "EdDSA", "use": "sig"}]})),
+        (status = 304, description = "Not modified (`If-None-Match`)"),
+    ))]
 async fn jwks(State(state): State<Arc<AppState>>, headers: axum::http::HeaderMap) -> Response {
     let half_ahead = state.auth.config().signing.publish_ahead.as_secs() / 2;
     let max_age = oauth::METADATA_MAX_AGE.min(half_ahead);
     oauth::cacheable_json(&headers, state.auth.keys().jwks_json().to_owned(), max_age)
 }
 
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "The process runs", content_type = "application/json", body = Object, example = json!({"status": "ok"}))))]
 async fn healthz() -> impl IntoResponse {
     axum::Json(serde_json::json!({ "status": "ok" }))
 }
@@ -263,6 +288,13 @@ async fn healthz() -> impl IntoResponse {
 /// balancer drains the node). Redis, when configured, is reported but never makes a node
 /// unready: without it, limits fall back to the node's memory (fail open), so it is
 /// `degraded`.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "Ready (`status` is `ready`, or `degraded` when Redis is configured but down: limits then hold per node)", content_type = "application/json", body = Object,
+            example = json!({"status": "ready", "checks": {"database": "ok", "signing_keys": "ok", "signing_kid": "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k", "redis": "not_configured"}, "rate_limits": "memory"})),
+        (status = 503, description = "`unavailable`: the database does not answer, or the node is shutting down (`status`: `draining`)", content_type = "application/json", body = Object,
+            example = json!({"status": "draining", "checks": {"database": "ok", "signing_keys": "ok", "signing_kid": "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k", "redis": "not_configured"}, "rate_limits": "memory", "error": "unavailable", "message": "Shutting down; retry on another node"})),
+    ))]
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let database = state.auth.store().ping().await;
     // The ring in use always holds its signer (a node without one never starts); the
@@ -334,6 +366,11 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 /// scraper), to addresses in `metrics.allowed_networks`, and to `Authorization: Bearer
 /// <metrics.token>` (compared in constant time); 404 `not_found` to anyone else, so the
 /// endpoint's existence is not advertised.
+#[utoipa::path(get, path = "/metrics", tag = "operations", security((), ("metrics_token" = [])),
+    responses(
+        (status = 200, description = "Prometheus text format", content_type = "text/plain"),
+        (status = 404, description = "`not_found`: not from loopback or `metrics.allowed_networks`, and without `metrics.token`", body = openapi::ApiErrorBody),
+    ))]
 async fn metrics(
     State(state): State<Arc<AppState>>,
     extract::Client(client): extract::Client,

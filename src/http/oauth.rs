@@ -35,7 +35,7 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
         .route("/oauth/introspect", post(introspect))
         .route("/oauth/revocations", get(revocations))
         .route("/.well-known/oauth-authorization-server", get(discovery))
-        .route("/.well-known/openid-configuration", get(discovery))
+        .route("/.well-known/openid-configuration", get(discovery_oidc))
 }
 
 /// An RFC 6749 section 5.2 error.
@@ -293,17 +293,73 @@ async fn client<'a>(
     }
 }
 
-#[derive(Serialize)]
-struct TokenBody {
+/// RFC 6749 section 5.1's token response.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = OAuthTokenResponse)]
+pub(crate) struct TokenBody {
     access_token: String,
+    /// `Bearer`.
+    #[schema(value_type = String)]
     token_type: &'static str,
     expires_in: i64,
+    /// Not with `client_credentials`.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     refresh_token: Option<String>,
+    /// The requested scope, echoed.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     scope: Option<String>,
 }
 
+/// `POST /oauth/token`'s form, by grant. A confidential client authenticates by HTTP Basic or
+/// by `client_id` + `client_secret` in the form (never both).
+#[derive(utoipa::ToSchema)]
+#[serde(tag = "grant_type", rename_all = "snake_case")]
+#[allow(dead_code)]
+pub(crate) enum TokenForm {
+    /// The email or username and the password (RFC 6749 section 4.3).
+    Password {
+        #[schema(min_length = 1)]
+        username: String,
+        #[schema(min_length = 1, max_length = 256)]
+        password: String,
+        /// Echoed in the response.
+        #[schema(nullable = false)]
+        scope: Option<String>,
+    },
+    /// A refresh token, rotated as at `/auth/refresh` (RFC 6749 section 6).
+    RefreshToken {
+        #[schema(min_length = 1)]
+        refresh_token: String,
+        #[schema(nullable = false)]
+        scope: Option<String>,
+    },
+    /// A confidential client's own token (`sub` = the client).
+    ClientCredentials {
+        #[schema(nullable = false)]
+        scope: Option<String>,
+    },
+}
+
+/// `POST /oauth/revoke`'s and `POST /oauth/introspect`'s form.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct TokenHintForm {
+    #[schema(min_length = 1)]
+    token: String,
+    /// `access_token` or `refresh_token`; a hint only.
+    #[schema(nullable = false)]
+    token_type_hint: Option<String>,
+}
+
+#[utoipa::path(post, path = "/oauth/token", tag = "oauth",
+    request_body(content = TokenForm, content_type = "application/x-www-form-urlencoded"),
+    security((), ("client_basic" = [])),
+    responses(
+        (status = 200, description = "Tokens (`Cache-Control: no-store`)", body = TokenBody),
+        (status = 400, description = "`invalid_request`, `invalid_grant` (wrong password, unknown or reused refresh token, disabled account), `unauthorized_client`, `unsupported_grant_type`", body = super::openapi::OAuthErrorBody),
+    ))]
 async fn token(
     State(state): State<Arc<AppState>>,
     Client(info): Client,
@@ -375,6 +431,10 @@ async fn token(
 }
 
 /// RFC 7009: 200 with an empty body whether or not the token was known (section 2.2).
+#[utoipa::path(post, path = "/oauth/revoke", tag = "oauth",
+    request_body(content = TokenHintForm, content_type = "application/x-www-form-urlencoded"),
+    security((), ("client_basic" = [])),
+    responses((status = 200, description = "Revoked, or nothing to revoke (RFC 7009: always 200)")))]
 async fn revoke(
     State(state): State<Arc<AppState>>,
     Client(info): Client,
@@ -388,6 +448,43 @@ async fn revoke(
     // refresh and access tokens cannot be mistaken for each other.
     state.auth.revoke_token(token, &info).await?;
     Ok(no_store(StatusCode::OK.into_response()))
+}
+
+/// RFC 7662's answer, as the document shows it ([`IntrospectionBody`] writes it).
+#[derive(utoipa::ToSchema)]
+#[schema(as = Introspection, example = json!({"active": true, "sub": "0190b6e2-8d4c-7a8e-9f3a-1c2d3e4f5a6b", "sid": "0190b6e2-9a1b-7c2d-8e3f-4a5b6c7d8e9f", "exp": 1767225600, "iat": 1767224700, "iss": "https://auth.example.com", "aud": "keygate", "jti": "0190b6e2-9a1b-7c2d-8e3f-000000000001", "roles": [], "permissions": [], "token_type": "access_token", "username": "ada@example.com"}))]
+#[allow(dead_code)]
+pub(crate) struct Introspection {
+    /// `false` for anything but a live token, with no other field.
+    active: bool,
+    #[schema(nullable = false)]
+    sub: Option<String>,
+    #[schema(nullable = false)]
+    sid: Option<String>,
+    #[schema(nullable = false)]
+    exp: Option<i64>,
+    #[schema(nullable = false)]
+    iat: Option<i64>,
+    #[schema(nullable = false)]
+    iss: Option<String>,
+    /// A string, or a list of them.
+    #[schema(value_type = Option<Object>, nullable = false)]
+    aud: Option<String>,
+    #[schema(nullable = false)]
+    jti: Option<String>,
+    #[schema(nullable = false)]
+    roles: Option<Vec<String>>,
+    #[schema(nullable = false)]
+    permissions: Option<Vec<String>>,
+    /// `access_token` or `refresh_token`.
+    #[schema(nullable = false)]
+    token_type: Option<String>,
+    /// For a `client_credentials` token.
+    #[schema(nullable = false)]
+    client_id: Option<String>,
+    /// The user's email.
+    #[schema(nullable = false)]
+    username: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -417,6 +514,10 @@ struct LiveToken<'a> {
 
 /// RFC 7662, for authenticated `oauth.clients` only: `{"active": true, …}` for a live access
 /// or refresh token, and just `{"active": false}` for anything else.
+#[utoipa::path(post, path = "/oauth/introspect", tag = "oauth",
+    request_body(content = TokenHintForm, content_type = "application/x-www-form-urlencoded"),
+    security(("client_basic" = [])),
+    responses((status = 200, description = "RFC 7662 (`Cache-Control: no-store`)", body = Introspection)))]
 async fn introspect(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -451,8 +552,10 @@ async fn introspect(
 /// Longest long poll of the revocation feed.
 const MAX_FEED_WAIT: u64 = 30;
 
-#[derive(Serialize)]
-struct RevocationsBody {
+/// A page of the revocation feed.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Revocations)]
+pub(crate) struct RevocationsBody {
     /// `sid`s of sessions that ended (possibly repeated from an earlier answer).
     revoked: Vec<String>,
     /// Pass it as `since` next time.
@@ -463,6 +566,13 @@ struct RevocationsBody {
 /// `GET /oauth/revocations?since=<cursor>&wait=<seconds>` answers the `sid`s of sessions that
 /// ended after the cursor (all retained ones without it) and the next cursor, waiting up to
 /// `wait` seconds (at most 30) for one when there is none.
+#[utoipa::path(get, path = "/oauth/revocations", tag = "oauth",
+    security(("client_basic" = [])),
+    params(
+        ("since" = Option<String>, Query, description = "The `cursor` of the previous answer; all retained revocations without it"),
+        ("wait" = Option<u32>, Query, description = "Seconds to wait for a revocation when there is none: 0 to 30, and never past the request timeout", minimum = 0, maximum = 30),
+    ),
+    responses((status = 200, description = "The `sid`s of sessions ended after the cursor, and the next cursor", body = RevocationsBody)))]
 async fn revocations(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -492,7 +602,11 @@ async fn revocations(
         None => 0,
         Some(text) => text
             .parse::<u64>()
-            .map_err(|_| OAuthError::invalid_request("wait must be a number of seconds"))?,
+            .ok()
+            .filter(|w| *w <= MAX_FEED_WAIT)
+            .ok_or_else(|| {
+                OAuthError::invalid_request("wait must be a whole number of seconds from 0 to 30")
+            })?,
     };
     // Within the request timeout, whatever was asked.
     let limit = state
@@ -500,7 +614,7 @@ async fn revocations(
         .config()
         .request_timeout
         .saturating_sub(std::time::Duration::from_secs(1));
-    let wait = std::time::Duration::from_secs(wait.min(MAX_FEED_WAIT)).min(limit);
+    let wait = std::time::Duration::from_secs(wait).min(limit);
     // A long poll ends early when the node begins to shut down (what has arrived by then is
     // answered), so that it never holds up a graceful shutdown.
     let wait = if state.is_draining() {
@@ -563,6 +677,11 @@ pub(crate) fn cacheable_json(headers: &HeaderMap, body: String, max_age: u64) ->
 }
 
 /// RFC 8414 metadata, every URL built from `issuer`.
+#[utoipa::path(get, path = "/.well-known/oauth-authorization-server", tag = "keys",
+    responses(
+        (status = 200, description = "RFC 8414 authorization server metadata (cacheable, with an `ETag`)", content_type = "application/json", body = Object),
+        (status = 304, description = "Not modified (`If-None-Match`)"),
+    ))]
 async fn discovery(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     let config = state.auth.config();
     let base = config.issuer.trim_end_matches('/');
@@ -586,4 +705,14 @@ async fn discovery(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Re
         "claims_supported": ["iss", "sub", "aud", "exp", "iat", "jti", "sid", "roles", "permissions", "client_id"],
     });
     cacheable_json(&headers, body.to_string(), METADATA_MAX_AGE)
+}
+
+/// The same metadata at OpenID Connect's discovery path.
+#[utoipa::path(get, path = "/.well-known/openid-configuration", tag = "keys",
+    responses(
+        (status = 200, description = "The same metadata as `/.well-known/oauth-authorization-server`", content_type = "application/json", body = Object),
+        (status = 304, description = "Not modified (`If-None-Match`)"),
+    ))]
+async fn discovery_oidc(state: State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    discovery(state, headers).await
 }

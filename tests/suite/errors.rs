@@ -48,6 +48,42 @@ async fn json_of_the_wrong_shape_is_400() {
     }
 }
 
+/// Found by Schemathesis (scripts/api-fuzz): serde fills a struct from an array of its
+/// fields in order, so a body whose fields are all optional took `[null, null]` and answered
+/// 200. Every body must be an object.
+#[tokio::test]
+async fn an_array_is_never_taken_for_an_object_even_when_every_field_is_optional() {
+    let Some(app) = TestApp::spawn().await else {
+        return;
+    };
+    app.register("ada@example.com").await;
+    let t = app.login("ada@example.com").await;
+    for body in ["[null, null]", "[\"Ada\"]", "[]"] {
+        let r = app
+            .client
+            .patch(app.url("/auth/me"))
+            .bearer_auth(&t.access)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_error(r, 400, "bad_request").await;
+    }
+    let r = app
+        .client
+        .post(app.url("/auth/logout"))
+        .bearer_auth(&t.access)
+        .header("content-type", "application/json")
+        .body("[\"global\"]")
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 400, "bad_request").await;
+    // Nothing changed and the session is still live.
+    assert_eq!(app.me_status(&t.access).await, 200);
+}
+
 #[tokio::test]
 async fn a_body_that_is_not_json_is_415() {
     let Some(app) = TestApp::spawn().await else {

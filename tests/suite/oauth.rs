@@ -777,6 +777,17 @@ async fn the_revocation_feed_tells_another_node_of_a_logout_within_a_second_or_t
         .await
         .unwrap();
     oauth_error(r, 400, "invalid_request").await;
+    // `wait` is 0 to 30 seconds, as documented (Schemathesis found 2^63 taken and clamped).
+    for wait in ["31", "9223372036854775808", "-1", "soon"] {
+        let r = b
+            .client
+            .get(b.url(&format!("/oauth/revocations?wait={wait}")))
+            .basic_auth("rs", Some(RS_SECRET))
+            .send()
+            .await
+            .unwrap();
+        oauth_error(r, 400, "invalid_request").await;
+    }
 }
 
 #[tokio::test]

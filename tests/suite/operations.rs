@@ -64,3 +64,80 @@ async fn readyz_is_503_when_the_database_is_gone() {
     assert_eq!(body["status"], "unavailable");
     assert_eq!(body["checks"]["database"], "down");
 }
+
+/// Every route of the router (read from its `Debug` form, the one place axum lists them) and
+/// every method it answers (asked in-process: a method without a handler falls through to
+/// the `Unrouted` fallback) is an operation of the OpenAPI document, and every operation of the
+/// document is routed.
+#[tokio::test]
+async fn every_route_of_the_router_is_in_the_openapi_document_and_back() {
+    use tower::ServiceExt as _;
+    let Some(app) = TestApp::spawn().await else {
+        return;
+    };
+    let doc: serde_json::Value = serde_json::from_str(keygate::http::openapi_document()).unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let paths = doc["paths"].as_object().unwrap();
+
+    let router = keygate::http::router(app.state.clone());
+    let debug = format!("{router:?}");
+    let mut routes: Vec<String> = Vec::new();
+    // `Node { paths: {RouteId(1): "/auth/register", …} }`
+    let path_router = debug.split("fallback_router").next().unwrap();
+    for part in path_router.split("RouteId(").skip(1) {
+        let Some((_, rest)) = part.split_once("): \"") else {
+            continue;
+        };
+        let path = &rest[..rest.find('"').unwrap_or(0)];
+        if path.starts_with('/') && !path.contains("__private__") {
+            routes.push(path.to_owned());
+        }
+    }
+    routes.sort();
+    routes.dedup();
+    assert!(
+        routes.len() > 30,
+        "the router's paths were read: {routes:?}"
+    );
+
+    let mut operations = 0;
+    for route in &routes {
+        let documented = paths
+            .get(route.as_str())
+            .unwrap_or_else(|| panic!("{route} is routed but not in /openapi.json"));
+        // A concrete path for the template.
+        let concrete = route
+            .replace("{id}", "x")
+            .replace("{kid}", "x")
+            .replace("{file}", "x");
+        for method in ["GET", "POST", "PUT", "PATCH", "DELETE"] {
+            let request = axum::http::Request::builder()
+                .method(method)
+                .uri(&concrete)
+                .extension(axum::extract::ConnectInfo(std::net::SocketAddr::from((
+                    [127, 0, 0, 1],
+                    1,
+                ))))
+                .body(axum::body::Body::empty())
+                .unwrap();
+            let response = router.clone().oneshot(request).await.unwrap();
+            let routed = response
+                .extensions()
+                .get::<keygate::http::Unrouted>()
+                .is_none();
+            let in_doc = documented.get(method.to_lowercase()).is_some();
+            assert_eq!(
+                routed, in_doc,
+                "{method} {route}: routed {routed}, documented {in_doc}"
+            );
+            operations += usize::from(routed);
+        }
+    }
+    for documented in paths.keys() {
+        assert!(
+            routes.contains(documented),
+            "{documented} is documented but not routed"
+        );
+    }
+    assert!(operations >= 40, "{operations} operations");
+}

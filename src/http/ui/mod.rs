@@ -43,19 +43,37 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; conn
 /// The hosted pages' routes, merged into [`super::router`].
 pub(crate) fn routes() -> Router<Arc<AppState>> {
     Router::new()
-        .route("/ui", get(|| async { Redirect::to(HOME) }))
-        .route("/ui/", get(|| async { Redirect::to(HOME) }))
+        .route("/ui", get(home))
+        .route("/ui/", get(home_slash))
         .route("/ui/login", get(login))
         .route("/ui/register", get(register))
         .route("/ui/account", get(account))
-        .route(
-            "/ui/keygate.js",
-            get(|| async { asset("text/javascript; charset=utf-8", SCRIPT) }),
-        )
-        .route(
-            "/ui/keygate.css",
-            get(|| async { asset("text/css; charset=utf-8", STYLE) }),
-        )
+        .route("/ui/keygate.js", get(script))
+        .route("/ui/keygate.css", get(style))
+}
+
+#[utoipa::path(get, path = "/ui", tag = "pages",
+    responses((status = 303, description = "To the account page", headers(("Location" = String)))))]
+pub(crate) async fn home() -> Redirect {
+    Redirect::to(HOME)
+}
+
+#[utoipa::path(get, path = "/ui/", tag = "pages",
+    responses((status = 303, description = "To the account page", headers(("Location" = String)))))]
+pub(crate) async fn home_slash() -> Redirect {
+    Redirect::to(HOME)
+}
+
+#[utoipa::path(get, path = "/ui/keygate.js", tag = "pages",
+    responses((status = 200, description = "The pages' one script", content_type = "text/javascript")))]
+pub(crate) async fn script() -> Response {
+    asset("text/javascript; charset=utf-8", SCRIPT)
+}
+
+#[utoipa::path(get, path = "/ui/keygate.css", tag = "pages",
+    responses((status = 200, description = "The pages' style sheet", content_type = "text/css")))]
+pub(crate) async fn style() -> Response {
+    asset("text/css; charset=utf-8", STYLE)
 }
 
 /// The headers every hosted answer carries.
@@ -101,7 +119,12 @@ fn page(config: &Config, name: &str, title: &str, main: &str, query: Option<&str
     secured(r, "no-store")
 }
 
-async fn login(State(state): State<Arc<AppState>>, RawQuery(query): RawQuery) -> Response {
+#[utoipa::path(get, path = "/ui/login", tag = "pages", operation_id = "login_page", params(("return_to" = Option<String>, Query, description = "Where to go afterwards: a path of this server, or a URL of an origin in `cors.allowed_origins`; anything else is ignored")),
+    responses((status = 200, description = "The login page", content_type = "text/html")))]
+pub(crate) async fn login(
+    State(state): State<Arc<AppState>>,
+    RawQuery(query): RawQuery,
+) -> Response {
     let config = state.auth.config();
     let register = match config.registration {
         Registration::Open => {
@@ -113,7 +136,15 @@ async fn login(State(state): State<Arc<AppState>>, RawQuery(query): RawQuery) ->
     page(config, "login", "Log in", &main, query.as_deref())
 }
 
-async fn register(State(state): State<Arc<AppState>>, RawQuery(query): RawQuery) -> Response {
+#[utoipa::path(get, path = "/ui/register", tag = "pages", operation_id = "register_page", params(("return_to" = Option<String>, Query, description = "Where to go afterwards: a path of this server, or a URL of an origin in `cors.allowed_origins`; anything else is ignored")),
+    responses(
+        (status = 200, description = "The registration page", content_type = "text/html"),
+        (status = 404, description = "`not_found`: registration is closed", body = crate::http::openapi::ApiErrorBody),
+    ))]
+pub(crate) async fn register(
+    State(state): State<Arc<AppState>>,
+    RawQuery(query): RawQuery,
+) -> Response {
     let config = state.auth.config();
     if config.registration == Registration::Closed {
         return ApiError::NotFound.into_response();
@@ -127,7 +158,12 @@ async fn register(State(state): State<Arc<AppState>>, RawQuery(query): RawQuery)
     )
 }
 
-async fn account(State(state): State<Arc<AppState>>, RawQuery(query): RawQuery) -> Response {
+#[utoipa::path(get, path = "/ui/account", tag = "pages", operation_id = "account_page", params(("return_to" = Option<String>, Query, description = "Where to go afterwards: a path of this server, or a URL of an origin in `cors.allowed_origins`; anything else is ignored")),
+    responses((status = 200, description = "The account page (profile, password, sessions)", content_type = "text/html")))]
+pub(crate) async fn account(
+    State(state): State<Arc<AppState>>,
+    RawQuery(query): RawQuery,
+) -> Response {
     page(
         state.auth.config(),
         "account",
