@@ -857,3 +857,47 @@ async fn rate_limited_and_busy_answers_tell_the_visitor_how_long_to_wait() {
     );
     browser.close().await;
 }
+
+/// `/docs`: Swagger UI from the binary renders the document, the login operation with it,
+/// and fetches nothing from anywhere but Keygate (the page's CSP allows no other origin, and
+/// the browser's own record of what it loaded says so).
+#[tokio::test]
+async fn the_docs_page_renders_the_api_reference_from_the_binary_alone() {
+    let Some(browser) = Browser::launch().await else {
+        return;
+    };
+    let kg = Keygate::start("").await;
+    browser.goto(&kg.url("/docs")).await;
+    assert_eq!(browser.path().await, "/docs/", "redirected under /docs/");
+    browser
+        .wait_until("document.querySelector('#operations-account-login') !== null")
+        .await;
+    let summary = browser.text("#operations-account-login").await;
+    assert!(summary.contains("/auth/login"), "{summary}");
+    assert!(browser.text(".info .title").await.contains("Keygate"));
+    // Every resource the page loaded came from Keygate itself.
+    let origins = browser
+        .eval(
+            "JSON.stringify([...new Set(performance.getEntriesByType('resource')\
+             .map(e => new URL(e.name).origin))])",
+        )
+        .await;
+    let origins: Vec<String> = serde_json::from_str(origins.as_str().unwrap()).unwrap();
+    let own = kg.url("");
+    assert!(
+        origins.iter().all(|o| own.starts_with(o.as_str())),
+        "{origins:?} beside {own}"
+    );
+    assert!(!origins.is_empty());
+    // Swagger UI's own markup is not held to the hosted pages' accessibility checks.
+    browser
+        .client
+        .set_window_size(1280, 900)
+        .await
+        .expect("resize");
+    let png = browser.client.screenshot().await.expect("screenshot");
+    let dir = screenshot_dir();
+    std::fs::create_dir_all(&dir).expect("screenshot dir");
+    std::fs::write(dir.join("docs-desktop.png"), png).expect("write png");
+    browser.close().await;
+}

@@ -1427,6 +1427,109 @@ fn password(raw: RawPassword) -> Result<PasswordConfig, ConfigError> {
 
 #[cfg(test)]
 mod tests {
+
+    /// The configuration's keys, as the real loader's types accept them: each level's fields
+    /// are read from serde's "unknown field, expected one of …" answer to a probe, and a field
+    /// that answers a probe of its own is a table to descend into (`[[…]]` for a list of them).
+    fn accepted_keys() -> std::collections::BTreeSet<String> {
+        fn expected(toml_text: &str) -> Option<Vec<String>> {
+            let err = toml::from_str::<RawConfig>(toml_text).err()?.to_string();
+            // "expected one of `a`, `b`", "expected `a` or `b`", "expected `a`".
+            let list = err
+                .split("unknown field `keygate_probe`, expected ")
+                .nth(1)?;
+            Some(
+                list.split('`')
+                    .skip(1)
+                    .step_by(2)
+                    .map(str::to_owned)
+                    .collect(),
+            )
+        }
+        fn walk(path: &str, fields: Vec<String>, out: &mut std::collections::BTreeSet<String>) {
+            for field in fields {
+                let key = if path.is_empty() {
+                    field
+                } else {
+                    format!("{path}.{field}")
+                };
+                let table = expected(&format!("[{key}]\nkeygate_probe = 1\n"))
+                    .or_else(|| expected(&format!("[[{key}]]\nkeygate_probe = 1\n")));
+                match table {
+                    Some(inner) => walk(&key, inner, out),
+                    None => {
+                        out.insert(key);
+                    }
+                }
+            }
+        }
+        let mut keys = std::collections::BTreeSet::new();
+        let top = expected("keygate_probe = 1\n").expect("the top level refuses unknown keys");
+        walk("", top, &mut keys);
+        keys
+    }
+
+    /// The keys `deploy/keygate.example.toml` sets or shows commented out, with their tables.
+    fn example_keys(text: &str) -> std::collections::BTreeSet<String> {
+        let mut keys = std::collections::BTreeSet::new();
+        let mut table = String::new();
+        for line in text.lines() {
+            let line = line.trim();
+            // A commented-out key or table is `# key = …`; `# # …` is a comment inside one.
+            let code = line.strip_prefix("# ").unwrap_or(line);
+            if code.starts_with('#')
+                || code.is_empty()
+                || (line.starts_with('#') && !code.contains(" = ") && !code.starts_with('['))
+            {
+                continue;
+            }
+            if let Some(name) = code.strip_prefix("[[").and_then(|r| r.strip_suffix("]]")) {
+                table = name.to_owned();
+            } else if let Some(name) = code.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+                table = name.to_owned();
+            } else if let Some((key, _)) = code.split_once(" = ") {
+                keys.insert(if table.is_empty() {
+                    key.to_owned()
+                } else {
+                    format!("{table}.{key}")
+                });
+            }
+        }
+        keys
+    }
+
+    #[test]
+    fn the_example_configuration_has_every_key_at_its_default_and_loads() {
+        let text = include_str!("../../deploy/keygate.example.toml");
+        let accepted = accepted_keys();
+        assert!(accepted.len() > 60, "{accepted:?}");
+        assert!(accepted.contains("signing.rotation.publish_ahead"));
+        assert!(accepted.contains("oauth.clients.secret_hash"));
+        let shown = example_keys(text);
+        let missing: Vec<_> = accepted.difference(&shown).collect();
+        let unknown: Vec<_> = shown.difference(&accepted).collect();
+        assert!(
+            missing.is_empty(),
+            "keys missing from deploy/keygate.example.toml: {missing:?}"
+        );
+        assert!(
+            unknown.is_empty(),
+            "keys the loader does not know: {unknown:?}"
+        );
+        // Every line that sets a key sets it to its default: the file loads through the real
+        // loader and means exactly what no file means.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keygate.toml");
+        std::fs::write(&path, text).unwrap();
+        let from_file = Config::load(&Sources {
+            file: Some(path),
+            flags: Vec::new(),
+            environment: false,
+        })
+        .expect("the example loads");
+        let defaults = Config::from_toml("").unwrap();
+        assert_eq!(from_file.redacted(), defaults.redacted());
+    }
     use super::*;
 
     #[test]
