@@ -918,7 +918,7 @@ pub fn format_duration(d: Duration) -> String {
     }
     let s = d.as_secs();
     for (unit, size) in [("w", 604_800), ("d", 86_400), ("h", 3_600), ("m", 60)] {
-        if s % size == 0 {
+        if s.is_multiple_of(size) {
             return format!("{}{unit}", s / size);
         }
     }
