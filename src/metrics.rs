@@ -160,8 +160,8 @@ pub(crate) fn db_pool(pool: &'static str, size: u32, idle: usize) {
 /// On the hot path: each runtime thread keeps the handles of the series it has used (by route
 /// template, then method and status), so a request costs two atomic updates and a lookup in a
 /// small thread-local map: no label allocation, no shared lock, no registry hashing.
-pub(crate) fn http_request(method: &str, route: &str, status: u16, took: Duration) {
-    let method = method_label(method);
+/// `took` is `None` for requests no handler ran (they are counted, not timed).
+pub(crate) fn http_request(method: &'static str, route: &str, status: u16, took: Option<Duration>) {
     HTTP_SERIES.with_borrow_mut(|cache| {
         let series = match cache.get_mut(route) {
             Some(series) => series,
@@ -169,7 +169,9 @@ pub(crate) fn http_request(method: &str, route: &str, status: u16, took: Duratio
         };
         let (count, time) = series.get(route, method, status);
         count.increment(1);
-        time.record(took.as_secs_f64());
+        if let Some(took) = took {
+            time.record(took.as_secs_f64());
+        }
     });
 }
 
@@ -229,7 +231,7 @@ impl RouteSeries {
 }
 
 /// The method as a fixed label: a client can send any token as a method.
-fn method_label(method: &str) -> &'static str {
+pub(crate) fn method_label(method: &str) -> &'static str {
     match method {
         "GET" => "GET",
         "HEAD" => "HEAD",

@@ -251,6 +251,9 @@ fn metrics_move_with_the_traffic_sent_and_are_closed_to_strangers() {
         .await;
         assert_eq!(r.status(), 429);
 
+        let r = c.get(server.url("/no/such/page")).send().await.unwrap();
+        assert_eq!(r.status(), 404);
+
         let after = scrape(&c, &server).await;
         let m = |name: &str, labels: &[(&str, &str)]| metric(&after, name, labels);
         assert_eq!(m("keygate_logins_total", &[("outcome", "success")]), 2.0);
@@ -303,6 +306,14 @@ fn metrics_move_with_the_traffic_sent_and_are_closed_to_strangers() {
                 .iter()
                 .all(|((_, labels), _)| labels.values().all(|v| !v.contains(&session_id))),
             "no series names a session id"
+        );
+        assert_eq!(
+            m(
+                "keygate_http_requests_total",
+                &[("method", "GET"), ("route", "unmatched"), ("status", "404")]
+            ),
+            1.0,
+            "an unknown path is counted, under no path of its own"
         );
         // One scrape was counted before this one.
         assert_eq!(

@@ -7,6 +7,7 @@ pub mod error;
 mod extract;
 mod oauth;
 mod openapi;
+mod track;
 mod ui;
 
 use std::sync::Arc;
@@ -110,9 +111,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/docs/{file}", get(openapi::docs_file))
         .merge(oauth::routes())
         .merge(ui::routes())
-        // Hands the matched route template to `track` (outside the router, where it is
-        // not known otherwise).
-        .route_layer(middleware::from_fn(pass_matched_path))
+        // Counts and times every routed request by its route template.
+        .route_layer(track::TrackLayer)
         .fallback(not_found)
         .method_not_allowed_fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -141,42 +141,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
         }))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
-        .layer(middleware::from_fn(track))
         .with_state(state)
-}
-
-/// Counts every request in `keygate_http_requests_total{method,route,status}` and times it
-/// in `keygate_http_request_duration_seconds`, by route template (`/admin/users/{id}`):
-/// never a raw path, which would make a series per id. Requests that match no route (404s,
-/// and those refused before routing) are `route="unmatched"`.
-async fn track(req: Request, next: Next) -> Response {
-    let started = std::time::Instant::now();
-    let method = req.method().clone();
-    let response = next.run(req).await;
-    let route = response
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .map_or("unmatched", |m| m.as_str());
-    crate::metrics::http_request(
-        method.as_str(),
-        route,
-        response.status().as_u16(),
-        started.elapsed(),
-    );
-    response
-}
-
-/// Copies the request's matched route template into the response for [`track`].
-async fn pass_matched_path(req: Request, next: Next) -> Response {
-    let matched = req
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .cloned();
-    let mut response = next.run(req).await;
-    if let Some(matched) = matched {
-        response.extensions_mut().insert(matched);
-    }
-    response
 }
 
 /// How long a browser may cache a preflight answer.
@@ -217,7 +182,8 @@ fn cors(config: &crate::config::CorsConfig) -> Option<tower_http::cors::CorsLaye
 }
 
 /// Unknown routes and methods: 404 `not_found` in the contract's format.
-async fn not_found() -> Response {
+async fn not_found(method: axum::http::Method) -> Response {
+    track::unmatched(&method, 404);
     let mut response = ApiError::NotFound.into_response();
     response.extensions_mut().insert(Unrouted);
     response
@@ -236,9 +202,11 @@ pub fn openapi_document() -> &'static str {
 /// 503 `unavailable` for a request that takes longer than `request_timeout` (reading a slow
 /// body included), whether the client is too slow or the server is overloaded.
 async fn request_timeout(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let method = req.method().clone();
     match tokio::time::timeout(state.auth.config().request_timeout, next.run(req)).await {
         Ok(response) => response,
         Err(_) => {
+            track::unmatched(&method, 503);
             tracing::warn!("request timed out");
             ApiError::Unavailable(1).into_response()
         }
@@ -247,15 +215,19 @@ async fn request_timeout(State(state): State<Arc<AppState>>, req: Request, next:
 
 /// 431 for oversized headers, before any handler (or token parser) sees them.
 async fn limit_headers(req: Request, next: Next) -> Response {
+    let too_large = || {
+        track::unmatched(req.method(), 431);
+        ApiError::HeadersTooLarge.into_response()
+    };
     if req.headers().len() > MAX_HEADER_COUNT {
-        return ApiError::HeadersTooLarge.into_response();
+        return too_large();
     }
     let mut total = 0;
     for (name, value) in req.headers() {
         let len = value.len();
         total += name.as_str().len() + len;
         if len > MAX_HEADER_BYTES || total > MAX_HEADERS_TOTAL_BYTES {
-            return ApiError::HeadersTooLarge.into_response();
+            return too_large();
         }
     }
     next.run(req).await
