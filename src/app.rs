@@ -213,9 +213,11 @@ async fn follow_keys_periodically(state: Arc<AppState>) {
     }
 }
 
-/// Drains histogram samples every few seconds, so memory stays bounded between scrapes.
+/// Folds the histograms' raw samples into their buckets every second. The recorder keeps
+/// each sample (8 bytes) until then, so memory grows with the request rate times this
+/// interval: at 100 000 requests a second, under 1 MiB.
 async fn metrics_upkeep() {
-    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
