@@ -23,42 +23,46 @@ use utoipa::{Modify, OpenApi, ToSchema};
 use super::error::ApiError;
 use crate::auth::TokenProblem;
 
-/// API.md's error body.
-#[derive(ToSchema)]
-#[schema(as = Error)]
-#[allow(dead_code)]
-pub(crate) struct ApiErrorBody {
-    /// A stable machine code of API.md's table.
-    error: ErrorCode,
-    /// For humans; may change.
-    message: String,
-    /// With `validation_failed`: what is wrong with each field.
-    #[schema(nullable = false)]
-    fields: Option<BTreeMap<String, String>>,
+/// API.md's error body. Its schema is built from [`ApiError`] itself, so the document's list
+/// of codes is the server's.
+pub(crate) struct ApiErrorBody;
+
+impl utoipa::PartialSchema for ApiErrorBody {
+    fn schema() -> RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        let string = || ObjectBuilder::new().schema_type(Type::String);
+        let codes = every_error().iter().map(ApiError::code).collect::<Vec<_>>();
+        ObjectBuilder::new()
+            .description(Some("API.md's error body"))
+            .property(
+                "error",
+                string()
+                    .enum_values(Some(codes))
+                    .description(Some("A stable machine code of API.md's table")),
+            )
+            .required("error")
+            .property(
+                "message",
+                string().description(Some("For humans; may change")),
+            )
+            .required("message")
+            .property(
+                "fields",
+                ObjectBuilder::new()
+                    .schema_type(Type::Object)
+                    .additional_properties(Some(string()))
+                    .description(Some(
+                        "With `validation_failed`: what is wrong with each field",
+                    )),
+            )
+            .into()
+    }
 }
 
-/// Every `error` code of API.md's table.
-#[derive(ToSchema)]
-#[serde(rename_all = "snake_case")]
-#[allow(dead_code)]
-enum ErrorCode {
-    BadRequest,
-    InvalidCredentials,
-    InvalidToken,
-    InvalidRefreshToken,
-    AccountDisabled,
-    Forbidden,
-    CsrfFailed,
-    NotFound,
-    EmailTaken,
-    UsernameTaken,
-    PayloadTooLarge,
-    UnsupportedMediaType,
-    ValidationFailed,
-    RateLimited,
-    HeadersTooLarge,
-    Internal,
-    Unavailable,
+impl ToSchema for ApiErrorBody {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "Error".into()
+    }
 }
 
 /// One example of every error a client can receive (the `match` makes a new variant of
@@ -291,15 +295,15 @@ impl Modify for CommonErrors {
                     add(
                         op,
                         400,
-                        &["bad_request"],
+                        "bad_request",
                         "Malformed JSON, or JSON of the wrong shape",
                     );
-                    add(op, 413, &["payload_too_large"], "The body is over 16 KiB");
-                    add(op, 415, &["unsupported_media_type"], "The body is not JSON");
+                    add(op, 413, "payload_too_large", "The body is over 16 KiB");
+                    add(op, 415, "unsupported_media_type", "The body is not JSON");
                     add(
                         op,
                         422,
-                        &["validation_failed"],
+                        "validation_failed",
                         "Invalid or missing fields (`fields` says which)",
                     );
                 }
@@ -307,46 +311,41 @@ impl Modify for CommonErrors {
                     add(
                         op,
                         401,
-                        &["invalid_token"],
+                        "invalid_token",
                         "The bearer token is missing, malformed, expired or of an ended session",
                     );
                 }
                 if admin {
-                    add(
-                        op,
-                        403,
-                        &["forbidden"],
-                        "The caller is not an administrator",
-                    );
+                    add(op, 403, "forbidden", "The caller is not an administrator");
                 }
                 if has_params && !path.starts_with("/docs") {
-                    add(op, 404, &["not_found"], "No such resource");
+                    add(op, 404, "not_found", "No such resource");
                 }
                 if json_body || path == "/auth/me" {
                     add(
                         op,
                         429,
-                        &["rate_limited"],
+                        "rate_limited",
                         "A rate limit was hit; `Retry-After` says when to retry",
                     );
                 }
                 add(
                     op,
                     431,
-                    &["headers_too_large"],
+                    "headers_too_large",
                     "Request headers over the limit",
                 );
                 add(
                     op,
                     500,
-                    &["internal"],
+                    "internal",
                     "A bug; the body carries an error id, never internals",
                 );
                 if !path.starts_with("/ui/") && !path.starts_with("/docs") && path != "/healthz" {
                     add(
                         op,
                         503,
-                        &["unavailable"],
+                        "unavailable",
                         "The database is unreachable or overloaded; `Retry-After` says when to retry",
                     );
                 }
@@ -356,40 +355,40 @@ impl Modify for CommonErrors {
     }
 }
 
-/// Adds (or extends) the error response `status` of `op` with `codes`.
-fn add(op: &mut Operation, status: u16, codes: &[&str], why: &str) {
-    let key = status.to_string();
-    let listed = codes
-        .iter()
-        .map(|c| format!("`{c}`"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    match op.responses.responses.get_mut(&key) {
-        Some(RefOr::T(existing)) => {
-            if codes
-                .iter()
-                .all(|c| existing.description.contains(&format!("`{c}`")))
-            {
-                return;
-            }
+/// Adds the error response `status` of `op` with `code`, or names `code` in the one the handler
+/// declared.
+fn add(op: &mut Operation, status: u16, code: &str, why: &str) {
+    let listed = format!("`{code}`");
+    match op.responses.responses.get_mut(&status.to_string()) {
+        Some(RefOr::T(existing)) if !existing.description.contains(&listed) => {
             existing.description = format!("{}; {listed}: {why}", existing.description);
         }
-        Some(RefOr::Ref(_)) => {}
-        None => {
-            let response = ResponseBuilder::new()
-                .description(format!("{listed}: {why}"))
-                .content(
-                    "application/json",
-                    ContentBuilder::new()
-                        .schema(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name(
-                            "Error",
-                        ))))
-                        .build(),
-                )
-                .build();
-            op.responses.responses.insert(key, RefOr::T(response));
-        }
+        Some(_) => {}
+        None => insert_json_response(op, status, format!("{listed}: {why}"), "Error", None),
     }
+}
+
+/// A JSON response of the component schema `schema`.
+fn insert_json_response(
+    op: &mut Operation,
+    status: u16,
+    description: String,
+    schema: &str,
+    example: Option<serde_json::Value>,
+) {
+    let content = ContentBuilder::new()
+        .schema(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name(
+            schema,
+        ))))
+        .example(example)
+        .build();
+    let response = ResponseBuilder::new()
+        .description(description)
+        .content("application/json", content)
+        .build();
+    op.responses
+        .responses
+        .insert(status.to_string(), RefOr::T(response));
 }
 
 /// For every error response of `op`, an example of each code its description names.
@@ -445,35 +444,27 @@ fn add_oauth_errors(op: &mut Operation) {
         ),
     ];
     for (status, code, why) in cases {
-        let key = status.to_string();
-        if op.responses.responses.contains_key(&key) {
-            continue;
+        if !op.responses.responses.contains_key(&status.to_string()) {
+            let example = serde_json::json!({ "error": code, "error_description": why });
+            insert_json_response(
+                op,
+                status,
+                format!("`{code}`: {why}"),
+                "OAuthError",
+                Some(example),
+            );
         }
-        let example = serde_json::json!({ "error": code, "error_description": why });
-        let response = ResponseBuilder::new()
-            .description(format!("`{code}`: {why}"))
-            .content(
-                "application/json",
-                ContentBuilder::new()
-                    .schema(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name(
-                        "OAuthError",
-                    ))))
-                    .example(Some(example))
-                    .build(),
-            )
-            .build();
-        op.responses.responses.insert(key, RefOr::T(response));
     }
     add(
         op,
         431,
-        &["headers_too_large"],
+        "headers_too_large",
         "Request headers over the limit",
     );
     add(
         op,
         500,
-        &["internal"],
+        "internal",
         "A bug; the body carries an error id, never internals",
     );
     add_examples(op);
@@ -532,27 +523,11 @@ fn swagger_file(file: &str) -> Response {
                 found.bytes.into_owned(),
             )
                 .into_response();
-            let h = r.headers_mut();
             if found.gzpipped {
-                h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+                r.headers_mut()
+                    .insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
             }
-            h.insert(
-                header::CACHE_CONTROL,
-                HeaderValue::from_static("public, max-age=300"),
-            );
-            h.insert(
-                header::CONTENT_SECURITY_POLICY,
-                HeaderValue::from_static(DOCS_CSP),
-            );
-            h.insert(
-                header::X_CONTENT_TYPE_OPTIONS,
-                HeaderValue::from_static("nosniff"),
-            );
-            h.insert(
-                header::REFERRER_POLICY,
-                HeaderValue::from_static("no-referrer"),
-            );
-            r
+            super::ui::with_page_headers(r, DOCS_CSP, "public, max-age=300")
         }
         Ok(None) => ApiError::NotFound.into_response(),
         Err(e) => ApiError::internal(&format!("swagger ui: {e}")).into_response(),

@@ -77,11 +77,21 @@ pub(crate) async fn style() -> Response {
 }
 
 /// The headers every hosted answer carries.
-fn secured(mut response: Response, cache: &'static str) -> Response {
+fn secured(response: Response, cache: &'static str) -> Response {
+    with_page_headers(response, CSP, cache)
+}
+
+/// A served page's security headers (`csp` its policy) and `Cache-Control: cache`; also for
+/// the API reference at `/docs`.
+pub(crate) fn with_page_headers(
+    mut response: Response,
+    csp: &'static str,
+    cache: &'static str,
+) -> Response {
     let h = response.headers_mut();
     h.insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(CSP),
+        HeaderValue::from_static(csp),
     );
     h.insert(
         header::REFERRER_POLICY,
