@@ -33,6 +33,8 @@ fn tokens(c: &mut Criterion) {
         session_id,
         roles: &roles,
         permissions: &[],
+        mfa: false,
+        email_verified: false,
     };
     for alg in ["EdDSA", "ES256", "RS256", "HS256"] {
         let ring = ring(alg);
@@ -133,6 +135,7 @@ fn rotation(c: &mut Criterion) {
                     user_agent: None,
                     ip: None,
                     credentials_version: 0,
+                    mfa: false,
                 },
                 now,
             )

@@ -95,11 +95,14 @@ impl App {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let router = http::router(self.state.clone());
-        let background = [
+        let mut background = vec![
             tokio::spawn(purge_periodically(self.state.clone())),
             tokio::spawn(follow_keys_periodically(self.state.clone())),
             tokio::spawn(metrics_upkeep()),
         ];
+        if self.state.auth.mail_health().is_some() {
+            background.push(tokio::spawn(send_mail(self.state.clone())));
+        }
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
@@ -210,6 +213,21 @@ async fn follow_keys_periodically(state: Arc<AppState>) {
         if let Err(e) = state.auth.follow_keys().await {
             tracing::warn!(error = %e, "could not follow the signing keys; will retry");
         }
+    }
+}
+
+/// The outbox's sender: delivers due mail whenever this node queues some, and every
+/// [`crate::auth::OUTBOX_POLL`] for mail queued by other nodes and retries. Failures are
+/// logged and retried.
+async fn send_mail(state: Arc<AppState>) {
+    loop {
+        match state.auth.deliver_due_mail().await {
+            // Maybe more is due: look again at once.
+            Ok(n) if n > 0 => continue,
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "could not read the outbox; will retry"),
+        }
+        state.auth.mail_queued(crate::auth::OUTBOX_POLL).await;
     }
 }
 

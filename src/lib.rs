@@ -18,6 +18,7 @@ pub mod domain;
 pub mod envelope;
 pub mod http;
 pub mod limits;
+pub mod mail;
 pub mod metrics;
 pub mod password;
 pub mod store;

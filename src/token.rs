@@ -291,6 +291,17 @@ pub struct AccessGrant<'a> {
     pub roles: &'a [String],
     /// Permissions at issue time.
     pub permissions: &'a [String],
+    /// The session was opened with a second factor (`amr: ["pwd", "otp"]`, else `["pwd"]`).
+    pub mfa: bool,
+    /// The user's address is verified.
+    pub email_verified: bool,
+}
+
+/// Claims beside the common ones.
+struct Extra {
+    client_id: Option<String>,
+    amr: Vec<String>,
+    email_verified: Option<bool>,
 }
 
 impl KeyRing {
@@ -453,12 +464,21 @@ impl KeyRing {
         grant: &AccessGrant<'_>,
         now: OffsetDateTime,
     ) -> Result<(String, i64), TokenError> {
+        let amr = if grant.mfa {
+            vec!["pwd".to_owned(), "otp".to_owned()]
+        } else {
+            vec!["pwd".to_owned()]
+        };
         self.sign_claims(
             grant.user_id.to_string(),
             grant.session_id.to_string(),
             grant.roles,
             grant.permissions,
-            None,
+            Extra {
+                client_id: None,
+                amr,
+                email_verified: Some(grant.email_verified),
+            },
             now,
         )
     }
@@ -477,7 +497,11 @@ impl KeyRing {
             format!("{CLIENT_SESSION_PREFIX}{client_id}"),
             roles,
             permissions,
-            Some(client_id.to_owned()),
+            Extra {
+                client_id: Some(client_id.to_owned()),
+                amr: Vec::new(),
+                email_verified: None,
+            },
             now,
         )
     }
@@ -488,7 +512,7 @@ impl KeyRing {
         sid: String,
         roles: &[String],
         permissions: &[String],
-        client_id: Option<String>,
+        extra: Extra,
         now: OffsetDateTime,
     ) -> Result<(String, i64), TokenError> {
         let iat = now.unix_timestamp();
@@ -502,7 +526,9 @@ impl KeyRing {
             sid,
             roles: roles.to_vec(),
             permissions: permissions.to_vec(),
-            client_id,
+            client_id: extra.client_id,
+            amr: extra.amr,
+            email_verified: extra.email_verified,
         };
         let mut header = Header::new(self.algorithm);
         header.typ = Some(ACCESS_TOKEN_TYPE.to_owned());
@@ -709,6 +735,68 @@ impl RefreshToken {
     }
 }
 
+/// A single-use link or challenge token (`<uuid-simple>.<base64url secret>`): an email link's
+/// token, an `mfa_token`. Like a refresh token, only [`RefreshHash`] of the secret is stored and
+/// the plaintext is shown once, never logged.
+#[derive(Clone)]
+pub struct LinkToken {
+    id: Uuid,
+    secret: [u8; SECRET_LEN],
+}
+
+impl fmt::Debug for LinkToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "LinkToken({}.[redacted])", self.id)
+    }
+}
+
+impl LinkToken {
+    /// A fresh token with a new id (UUID v7).
+    pub fn generate() -> LinkToken {
+        let mut secret = [0u8; SECRET_LEN];
+        if aws_lc_rs::rand::fill(&mut secret).is_err() {
+            std::process::abort();
+        }
+        LinkToken {
+            id: Uuid::now_v7(),
+            secret,
+        }
+    }
+
+    /// Parses the text form; anything else (including over-long input) is `None`.
+    pub fn parse(s: &str) -> Option<LinkToken> {
+        if s.len() > MAX_REFRESH_TOKEN_LEN {
+            return None;
+        }
+        let (id, secret) = s.split_once('.')?;
+        if id.len() != 32 {
+            return None;
+        }
+        Some(LinkToken {
+            id: Uuid::try_parse(id).ok()?,
+            secret: B64.decode(secret).ok()?.try_into().ok()?,
+        })
+    }
+
+    /// The lookup id (hyphenated, as stored).
+    pub fn id(&self) -> String {
+        self.id.hyphenated().to_string()
+    }
+
+    /// What is stored.
+    pub fn hash(&self) -> RefreshHash {
+        let d = digest(&SHA256, &self.secret);
+        let mut out = [0u8; 32];
+        out.copy_from_slice(d.as_ref());
+        RefreshHash(out)
+    }
+
+    /// The text handed out.
+    pub fn expose(&self) -> String {
+        format!("{}.{}", self.id.simple(), B64.encode(self.secret))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -732,6 +820,8 @@ mod tests {
                     session_id,
                     roles: &roles,
                     permissions: &[],
+                    mfa: false,
+                    email_verified: false,
                 },
                 now,
             )
@@ -789,6 +879,8 @@ mod tests {
                     session_id,
                     roles: &[],
                     permissions: &[],
+                    mfa: false,
+                    email_verified: false,
                 },
                 now,
             )
@@ -810,6 +902,8 @@ mod tests {
                     session_id,
                     roles: &[],
                     permissions: &[],
+                    mfa: false,
+                    email_verified: false,
                 },
                 now,
             )

@@ -17,6 +17,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+// Shared with the suite; the browser tests use part of it.
+#[path = "suite/smtp.rs"]
+#[allow(dead_code)]
+mod smtp;
+#[path = "suite/totp.rs"]
+mod totp;
+
 use fantoccini::{Client, ClientBuilder, Locator};
 use keygate::{App, Config};
 use serde_json::{Value, json};
@@ -899,5 +906,173 @@ async fn the_docs_page_renders_the_api_reference_from_the_binary_alone() {
     let dir = screenshot_dir();
     std::fs::create_dir_all(&dir).expect("screenshot dir");
     std::fs::write(dir.join("docs-desktop.png"), png).expect("write png");
+    browser.close().await;
+}
+
+#[tokio::test]
+async fn a_forgotten_password_is_reset_from_the_mailed_link_and_the_address_verified() {
+    let Some(browser) = Browser::launch().await else {
+        return;
+    };
+    let mail = smtp::SmtpServer::start();
+    let kg = Keygate::start(&mail.config()).await;
+    let email = "hedy@example.com";
+    kg.register(email).await;
+
+    // The verification link of the registration, followed in the browser.
+    let link = mail.nth(email, 1).await.link();
+    assert!(
+        link.starts_with(&kg.url("/ui/verify-email?token=")),
+        "{link}"
+    );
+    browser.goto(&link).await;
+    browser
+        .wait_until("document.getElementById('link') !== null")
+        .await;
+    // The token left the address bar (and so the history) at once.
+    assert_eq!(browser.path().await, "/ui/verify-email");
+    browser.screenshots("verify-email").await;
+    browser.click("#link button[type=submit]").await;
+    browser
+        .wait_until("!document.getElementById('link-done').hidden")
+        .await;
+    // Followed again: the page says the link no longer works.
+    browser.goto(&link).await;
+    browser.click("#link button[type=submit]").await;
+    browser
+        .wait_until("!document.getElementById('link-error').hidden")
+        .await;
+    assert!(browser.text("#link-error").await.contains("does not work"));
+
+    // Forgot password, from the login page's link.
+    browser.goto(&kg.url("/ui/login")).await;
+    browser.click("#forgot-link").await;
+    browser
+        .wait_until("document.getElementById('forgot') !== null")
+        .await;
+    browser.screenshots("forgot-password").await;
+    browser.fill("#forgot-email", email).await;
+    browser.click("#forgot button[type=submit]").await;
+    browser
+        .wait_until("!document.getElementById('forgot-done').hidden")
+        .await;
+
+    let link = mail.nth(email, 2).await.link();
+    assert!(
+        link.starts_with(&kg.url("/ui/reset-password?token=")),
+        "{link}"
+    );
+    browser.goto(&link).await;
+    browser
+        .wait_until("document.getElementById('reset') !== null")
+        .await;
+    assert_eq!(browser.path().await, "/ui/reset-password");
+    // A weak password is explained next to its field.
+    browser.fill("#reset-new_password", "password").await;
+    browser.click("#reset button[type=submit]").await;
+    browser
+        .wait_until("!document.getElementById('reset-new_password-error').hidden")
+        .await;
+    browser.screenshots("reset-password").await;
+    browser.fill("#reset-new_password", NEW_PASSWORD).await;
+    browser.click("#reset button[type=submit]").await;
+    browser
+        .wait_until("!document.getElementById('reset-done').hidden")
+        .await;
+
+    // The old password is gone; the new one logs in.
+    assert_eq!(kg.login_elsewhere(email, PASSWORD).await.0, 401);
+    log_in(&browser, &kg, email, NEW_PASSWORD).await;
+    assert_eq!(browser.text("#profile-email-status").await, "Verified");
+    browser.close().await;
+}
+
+#[tokio::test]
+async fn two_factor_is_turned_on_from_the_account_page_and_asked_at_login() {
+    let Some(browser) = Browser::launch().await else {
+        return;
+    };
+    let kg = Keygate::start("").await;
+    let email = "ida@example.com";
+    kg.register(email).await;
+    log_in(&browser, &kg, email, PASSWORD).await;
+
+    browser.fill("#mfa-start-password", PASSWORD).await;
+    browser.click("#mfa-start button[type=submit]").await;
+    browser
+        .wait_until("!document.getElementById('mfa-confirm').hidden")
+        .await;
+    // The QR code is the server's SVG, in the page.
+    assert_eq!(
+        browser
+            .eval("document.querySelectorAll('#mfa-qr svg').length")
+            .await,
+        1
+    );
+    let secret = browser.text("#mfa-secret").await;
+    let key = totp::base32_decode(&secret);
+    browser.screenshots("account-mfa-enrol").await;
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    };
+    // A wrong code is explained next to its field.
+    let right = totp::totp(&key, now());
+    let wrong = if right == "000000" {
+        "111111"
+    } else {
+        "000000"
+    };
+    browser.fill("#mfa-confirm-code", wrong).await;
+    browser.click("#mfa-confirm button[type=submit]").await;
+    browser
+        .wait_until("!document.getElementById('mfa-confirm-code-error').hidden")
+        .await;
+    browser
+        .fill("#mfa-confirm-code", &totp::totp(&key, now()))
+        .await;
+    browser.click("#mfa-confirm button[type=submit]").await;
+    browser
+        .wait_until("!document.getElementById('mfa-codes').hidden")
+        .await;
+    assert_eq!(
+        browser
+            .eval("document.querySelectorAll('#mfa-codes-list li').length")
+            .await,
+        10
+    );
+    browser.screenshots("account-mfa-codes").await;
+
+    // Log out, and in again: the password, then a code (the next step's: the one that
+    // confirmed the enrolment cannot be used twice).
+    browser.click("#logout").await;
+    browser
+        .wait_until("location.pathname === '/ui/login'")
+        .await;
+    browser.fill("#login-login", email).await;
+    browser.fill("#login-password", PASSWORD).await;
+    browser.click("#login button[type=submit]").await;
+    browser
+        .wait_until("!document.getElementById('mfa').hidden")
+        .await;
+    browser.screenshots("login-mfa").await;
+    browser
+        .fill("#mfa-code", &totp::totp(&key, now() + 30))
+        .await;
+    browser.click("#mfa button[type=submit]").await;
+    browser
+        .wait_until(&format!(
+            "location.pathname === '/ui/account' && document.getElementById('profile-email').value === '{email}'"
+        ))
+        .await;
+    assert!(browser.text("#mfa-status").await.starts_with("On"));
+    // Without the code, the password alone no longer logs in.
+    let (status, body) = kg.login_elsewhere(email, PASSWORD).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (403, Some("mfa_required"))
+    );
     browser.close().await;
 }

@@ -131,9 +131,10 @@ impl Auth {
         )
         .await?;
         let password_hash = self.hasher.hash(&password).await?;
+        let mail = self.verification_mail(email.as_str());
         let user = self
             .store
-            .insert_user(
+            .insert_user_with_mail(
                 NewUser {
                     email,
                     username: username.map(|u| u.as_str().to_owned()),
@@ -145,8 +146,12 @@ impl Auth {
                     permissions,
                 },
                 self.now(),
+                mail,
             )
             .await?;
+        if self.mailer.is_some() {
+            self.wake_sender();
+        }
         self.emit(Event::success("user_created", client).user(user.id))
             .await;
         Ok(user)

@@ -30,7 +30,7 @@ pub enum Actor<'a> {
 }
 
 impl Actor<'_> {
-    fn user_id(&self) -> Option<UserId> {
+    pub(super) fn user_id(&self) -> Option<UserId> {
         match self {
             Actor::Admin(p) => Some(p.user_id),
             Actor::Operator => None,

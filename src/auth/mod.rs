@@ -6,9 +6,11 @@
 
 mod account;
 mod admin;
+mod email;
 mod events;
 mod import;
 mod keys;
+mod mfa;
 mod oauth;
 mod sessions;
 
@@ -20,8 +22,10 @@ use time::OffsetDateTime;
 
 pub use account::{ProfileChange, Registration};
 pub use admin::{ADMIN_ROLE, Actor, Page, UserPatch, page_size};
+pub use email::{GIVE_UP_AFTER, OUTBOX_LEASE, OUTBOX_POLL};
 pub use import::Imported;
 pub use keys::{KEY_POLL, KeyError, SealReport, seal_stored_keys};
+pub use mfa::{Enrolment, MFA_TOKEN_TTL, MfaChallenge, RECOVERY_CODES, SecondFactor};
 pub use oauth::{ClientToken, FEED_OVERLAP_MS, FeedCursor, Introspection, Revocations};
 pub use sessions::{LogoutScope, Principal, TokenPair};
 
@@ -84,6 +88,18 @@ pub enum AuthError {
     /// A rate limit or the failed-login back-off: retry after this long.
     #[error("rate limited")]
     RateLimited(RetryAfter),
+    /// A wrong, used, superseded or expired code or link token (one answer for each).
+    #[error("invalid code")]
+    InvalidCode,
+    /// The password was right; the account needs a second factor to finish logging in.
+    #[error("second factor required")]
+    MfaRequired(MfaChallenge),
+    /// The password was right; the address must be verified first (`email.require_verified`).
+    #[error("email not verified")]
+    EmailNotVerified,
+    /// A mail endpoint was called but `email.smtp_url` is not set.
+    #[error("email not configured")]
+    EmailNotConfigured,
     /// A bug or an unexpected failure; the text is for the log only.
     #[error("internal error: {0}")]
     Internal(String),
@@ -156,6 +172,9 @@ pub enum StartupError {
         /// What to do about it.
         hint: &'static str,
     },
+    /// The mail templates or transport could not be set up.
+    #[error("{0}")]
+    Mail(#[from] crate::mail::MailError),
     /// Binding the listener failed.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -181,6 +200,10 @@ pub struct Auth {
     verified_clients: moka::sync::Cache<String, [u8; 32]>,
     /// When this instance started (the load time of keys from files).
     started_at: OffsetDateTime,
+    /// The SMTP side, when `email.smtp_url` is set.
+    mailer: Option<Arc<crate::mail::Mailer>>,
+    /// Poked when a request of this node queues mail, so its sender need not wait a poll.
+    mail_wake: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for Auth {
@@ -203,6 +226,7 @@ impl Auth {
         let hasher = Hasher::build(&config.password).await?;
         let limits = Arc::new(Limits::new(&config, clock.clone()).map_err(StartupError::Limits)?);
         let csrf = load_csrf_key(&store, clock.now()).await?;
+        let mailer = crate::mail::Mailer::build(&config.email)?.map(Arc::new);
         let started_at = clock.now();
         Ok(Auth {
             config,
@@ -214,6 +238,8 @@ impl Auth {
             csrf,
             verified_clients: moka::sync::Cache::new(1024),
             started_at,
+            mailer,
+            mail_wake: Arc::new(tokio::sync::Notify::new()),
         })
     }
 
@@ -309,6 +335,7 @@ impl Auth {
                 ago(ENDED_SESSION_RETENTION),
                 ago(self.config.refresh_reuse_grace),
                 ago(self.config.audit_retention),
+                now,
             )
             .await?;
         // The revocation feed must outlive every access token of its sessions.
@@ -322,6 +349,7 @@ impl Auth {
             sessions = counts.sessions,
             sealed_successors = counts.sealed_successors,
             audit_events = counts.audit_events,
+            mail = counts.mail,
             "purged"
         );
         Ok(counts)

@@ -144,6 +144,12 @@ impl Auth {
                 roles: user.roles.clone(),
                 permissions: user.permissions.clone(),
                 client_id: None,
+                amr: if session.mfa {
+                    vec!["pwd".to_owned(), "otp".to_owned()]
+                } else {
+                    vec!["pwd".to_owned()]
+                },
+                email_verified: Some(user.email_verified),
             };
             return Ok(Some(Introspection {
                 claims: std::sync::Arc::new(claims),

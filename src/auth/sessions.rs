@@ -127,7 +127,14 @@ impl Auth {
             }
         };
         if ok {
-            self.limits.login_succeeded(attempt).await;
+            if found.as_ref().is_some_and(|(user, _)| user.mfa_enabled) {
+                // Half a login: the attempt is given back, but the failures counted so far
+                // (wrong passwords, wrong codes) stay until the second factor is right, so a
+                // thief with the password cannot reset the back-off between code guesses.
+                self.limits.login_abandoned(attempt).await;
+            } else {
+                self.limits.login_succeeded(attempt).await;
+            }
             if let Some((user, hash)) = &found {
                 self.upgrade_hash(user, hash, &password).await;
             }
@@ -154,7 +161,26 @@ impl Auth {
                 .await;
             return Err(AuthError::AccountDisabled);
         }
-        self.open_session(&user, hash.version(), &client).await
+        if self.config.email.verification_required() && !user.email_verified {
+            self.emit(Event::failure("login_failed", &client, "email_not_verified").user(user.id))
+                .await;
+            // The password was right: a new link goes out unless a live one is on its way.
+            if !self
+                .store
+                .has_live_email_token(user.id, crate::store::TokenPurpose::VerifyEmail, self.now())
+                .await?
+                && let Err(e) = self.queue_verification(&user).await
+            {
+                tracing::debug!(error = %e, "no new verification link at login");
+            }
+            return Err(AuthError::EmailNotVerified);
+        }
+        if user.mfa_enabled {
+            let challenge = self.challenge(&user, hash.version(), &client).await?;
+            return Err(AuthError::MfaRequired(challenge));
+        }
+        self.open_session(&user, hash.version(), false, &client)
+            .await
     }
 
     /// Replaces an imported or outdated hash by argon2id with the current parameters, now
@@ -183,11 +209,13 @@ impl Auth {
         }
     }
 
-    /// Opens a session for `user`, whose password was checked under `credentials_version`.
-    async fn open_session(
+    /// Opens a session for `user`, whose password was checked under `credentials_version`
+    /// (and a second factor, with `mfa`).
+    pub(super) async fn open_session(
         &self,
         user: &UserRecord,
         credentials_version: i64,
+        mfa: bool,
         client: &ClientInfo,
     ) -> Result<TokenPair, AuthError> {
         let now = self.now();
@@ -208,6 +236,7 @@ impl Auth {
             user_agent: client.user_agent.clone(),
             ip: self.session_ip(client.ip.as_deref()),
             credentials_version,
+            mfa,
         };
         let opened = self
             .store
@@ -237,7 +266,7 @@ impl Auth {
         }
         opened?;
         super::events::log(&event);
-        self.token_pair(user, session_id, refresh, refresh_expires_at, now)
+        self.token_pair(user, session_id, refresh, refresh_expires_at, now, mfa)
     }
 
     /// The IP kept on a session: as seen, or cut to its /24 (IPv4) or /48 (IPv6) network when
@@ -276,6 +305,7 @@ impl Auth {
         refresh_token: RefreshToken,
         refresh_expires_at: OffsetDateTime,
         now: OffsetDateTime,
+        mfa: bool,
     ) -> Result<TokenPair, AuthError> {
         let (access_token, expires_in) = self.keys().issue(
             &AccessGrant {
@@ -283,6 +313,8 @@ impl Auth {
                 session_id,
                 roles: &user.roles,
                 permissions: &user.permissions,
+                mfa,
+                email_verified: user.email_verified,
             },
             now,
         )?;
@@ -353,7 +385,14 @@ impl Auth {
                     .await?
                 {
                     super::events::log(&event);
-                    return self.token_pair(&user, session.id, successor, refresh_expires_at, now);
+                    return self.token_pair(
+                        &user,
+                        session.id,
+                        successor,
+                        refresh_expires_at,
+                        now,
+                        session.mfa,
+                    );
                 }
                 continue;
             }
@@ -415,6 +454,7 @@ impl Auth {
                     successor,
                     session.refresh_expires_at,
                     now,
+                    session.mfa,
                 )
             }
             _ => {

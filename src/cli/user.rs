@@ -65,6 +65,16 @@ pub enum UserCommand {
         #[arg(long)]
         password_stdin: bool,
     },
+    /// Turn two-factor authentication off (the user can log in with the password alone).
+    ResetMfa {
+        /// User id, email or username.
+        user: String,
+    },
+    /// Mark the user's email address verified.
+    VerifyEmail {
+        /// User id, email or username.
+        user: String,
+    },
 }
 
 /// Reads a password: one line of stdin (trailing newline stripped) or a hidden prompt.
@@ -98,7 +108,7 @@ pub(super) fn read_password(from_stdin: bool) -> Result<String, Failure> {
 
 pub(super) fn describe(u: &UserRecord) -> String {
     format!(
-        "id: {}\nemail: {}\nusername: {}\nname: {}\nroles: {}\npermissions: {}\nactive: {}\ncreated_at: {}\nupdated_at: {}",
+        "id: {}\nemail: {}\nusername: {}\nname: {}\nroles: {}\npermissions: {}\nactive: {}\nemail_verified: {}\nmfa_enabled: {}\ncreated_at: {}\nupdated_at: {}",
         u.id,
         u.email,
         u.username.as_deref().unwrap_or("-"),
@@ -106,6 +116,8 @@ pub(super) fn describe(u: &UserRecord) -> String {
         u.roles.join(","),
         u.permissions.join(","),
         u.is_active,
+        u.email_verified,
+        u.mfa_enabled,
         rfc3339(u.created_at),
         rfc3339(u.updated_at),
     )
@@ -218,6 +230,34 @@ pub(super) async fn run(cmd: UserCommand, auth: &Auth) -> Result<(), Failure> {
                 "password of {} <{}> reset; every session ended",
                 u.id, u.email
             );
+        }
+        UserCommand::ResetMfa { user } => {
+            let u = auth
+                .find_user(&user)
+                .await
+                .map_err(|e| not_found(e, &user))?;
+            let had = auth
+                .reset_mfa(Actor::Operator, &u, &operator)
+                .await
+                .map_err(from_auth)?;
+            if had {
+                println!(
+                    "two-factor authentication of {} <{}> turned off",
+                    u.id, u.email
+                );
+            } else {
+                println!(
+                    "{} <{}> had no two-factor authentication; nothing changed",
+                    u.id, u.email
+                );
+            }
+        }
+        UserCommand::VerifyEmail { user } => {
+            let u = auth
+                .mark_email_verified(&user, &operator)
+                .await
+                .map_err(|e| not_found(e, &user))?;
+            println!("email address of {} <{}> marked verified", u.id, u.email);
         }
     }
     Ok(())

@@ -5,6 +5,7 @@
 //! field is optional and which rejects unknown keys; then [`Config::try_from`] turns it into the
 //! validated [`Config`] the rest of the server uses, with errors that name the key and the fix.
 
+mod email;
 mod oauth;
 
 use std::fmt;
@@ -18,6 +19,7 @@ use jsonwebtoken::Algorithm;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer, Serialize};
 
+pub use email::{EmailConfig, MfaConfig, SmtpConfig, SmtpTls};
 pub(crate) use oauth::sha256;
 pub use oauth::{ClientSecret, OAuthClient, OAuthConfig};
 
@@ -106,6 +108,12 @@ pub struct Config {
     pub cors: CorsConfig,
     /// `oauth.*`: clients of the OAuth endpoints.
     pub oauth: OAuthConfig,
+    /// Where the hosted pages are served (default: `issuer`), without a trailing slash.
+    pub public_url: String,
+    /// `email.*`: outgoing mail.
+    pub email: EmailConfig,
+    /// `mfa.*`: two-factor authentication.
+    pub mfa: MfaConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -473,6 +481,23 @@ impl Config {
             cookies: &self.cookies,
             cors: &self.cors,
             oauth: &self.oauth,
+            public_url: &self.public_url,
+            email: RedactedEmail {
+                smtp_url: self.email.smtp_url_redacted.as_deref(),
+                from: self.email.from.as_deref(),
+                link_base: &self.email.link_base,
+                verification_ttl: format_duration(self.email.verification_ttl),
+                reset_ttl: format_duration(self.email.reset_ttl),
+                require_verified: self.email.require_verified,
+                templates_dir: self
+                    .email
+                    .templates_dir
+                    .as_deref()
+                    .map(|p| p.display().to_string()),
+            },
+            mfa: RedactedMfa {
+                issuer_name: &self.mfa.issuer_name,
+            },
             log: &self.log,
         };
         toml::to_string(&view).unwrap_or_else(|_| String::from("# could not render\n"))
@@ -548,7 +573,29 @@ struct RedactedView<'a> {
     cookies: &'a CookiesConfig,
     cors: &'a CorsConfig,
     oauth: &'a OAuthConfig,
+    public_url: &'a str,
+    email: RedactedEmail<'a>,
+    mfa: RedactedMfa<'a>,
     log: &'a LogConfig,
+}
+
+#[derive(Serialize)]
+struct RedactedEmail<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    smtp_url: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    from: Option<&'a str>,
+    link_base: &'a str,
+    verification_ttl: String,
+    reset_ttl: String,
+    require_verified: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    templates_dir: Option<String>,
+}
+
+#[derive(Serialize)]
+struct RedactedMfa<'a> {
+    issuer_name: &'a str,
 }
 
 #[derive(Serialize)]
@@ -603,7 +650,7 @@ struct RedactedRotation {
 /// `sslpassword`, `sslkey` and any other whose name speaks of a password, secret, token or
 /// key). The user name, host, port, database and other parameters stay, for diagnosis. A URL
 /// that does not parse is shown as `[redacted]` when it could hold a secret at all.
-fn redact_url(raw: &str) -> String {
+pub(crate) fn redact_url(raw: &str) -> String {
     const MARK: &str = "KEYGATE-REDACTED-MARK";
     let Ok(mut url) = url::Url::parse(raw) else {
         return if raw.contains('@') || raw.contains('?') {
@@ -682,6 +729,11 @@ struct RawConfig {
     cors: RawCors,
     #[serde(default)]
     oauth: oauth::RawOAuth,
+    public_url: Option<Text>,
+    #[serde(default)]
+    email: email::RawEmail,
+    #[serde(default)]
+    mfa: email::RawMfa,
     #[serde(default)]
     log: RawLog,
 }
@@ -1104,6 +1156,9 @@ impl TryFrom<RawConfig> for Config {
         };
 
         let oauth = oauth::parse(raw.oauth)?;
+        let public_url = email::public_url(raw.public_url, &issuer)?;
+        let email = email::email(raw.email, &public_url)?;
+        let mfa = email::mfa(raw.mfa)?;
 
         let log = LogConfig {
             format: match raw.log.format.map(|t| t.0).as_deref() {
@@ -1157,6 +1212,9 @@ impl TryFrom<RawConfig> for Config {
             cookies,
             cors,
             oauth,
+            public_url,
+            email,
+            mfa,
             log,
         })
     }

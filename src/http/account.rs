@@ -24,7 +24,8 @@ type Result<T> = std::result::Result<T, ApiError>;
 #[schema(as = User, example = json!({
     "id": "0190b6e2-8d4c-7a8e-9f3a-1c2d3e4f5a6b", "email": "ada@example.com",
     "username": "ada", "name": "Ada Lovelace", "roles": ["admin"], "permissions": [],
-    "is_active": true, "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z"
+    "is_active": true, "email_verified": true, "mfa_enabled": false,
+    "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z"
 }))]
 pub(crate) struct UserView {
     #[schema(format = "uuid")]
@@ -37,6 +38,10 @@ pub(crate) struct UserView {
     roles: Vec<String>,
     permissions: Vec<String>,
     is_active: bool,
+    /// Whether the address was verified (a link followed, or an operator's word).
+    email_verified: bool,
+    /// Whether two-factor authentication is on.
+    mfa_enabled: bool,
     #[schema(format = DateTime)]
     created_at: String,
     #[schema(format = DateTime)]
@@ -53,6 +58,8 @@ impl From<UserRecord> for UserView {
             roles: u.roles,
             permissions: u.permissions,
             is_active: u.is_active,
+            email_verified: u.email_verified,
+            mfa_enabled: u.mfa_enabled,
             created_at: rfc3339(u.created_at),
             updated_at: rfc3339(u.updated_at),
         }
@@ -121,7 +128,7 @@ pub(crate) struct TokenResponse {
 
 /// How a client receives its refresh token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Transport {
+pub(super) enum Transport {
     /// In the JSON body.
     Json,
     /// In the `keygate_refresh` cookie, with the CSRF cookie (browsers).
@@ -129,7 +136,7 @@ enum Transport {
 }
 
 /// `?transport=json|cookie` (default `json`); anything else is 422 `fields.transport`.
-fn transport(query: Option<&str>) -> Result<Transport> {
+pub(super) fn transport(query: Option<&str>) -> Result<Transport> {
     let value = url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
         .find(|(k, _)| k == "transport")
         .map(|(_, v)| v.into_owned());
@@ -146,7 +153,7 @@ fn transport(query: Option<&str>) -> Result<Transport> {
 
 /// The token response; in the cookie transport the refresh token goes into the cookies set on
 /// `jar` instead of the body.
-fn token_response(
+pub(super) fn token_response(
     pair: TokenPair,
     transport: Transport,
     state: &AppState,
@@ -246,7 +253,7 @@ pub(crate) struct LoginBody {
         (status = 200, description = "Logged in: a new session", body = TokenResponse,
             headers(("Set-Cookie" = String, description = "With `transport=cookie`: `keygate_refresh` (HttpOnly) and `keygate_csrf`"))),
         (status = 401, description = "`invalid_credentials`: wrong password or unknown account (indistinguishable)", body = ApiErrorBody),
-        (status = 403, description = "`account_disabled`, after a correct password", body = ApiErrorBody),
+        (status = 403, description = "After a correct password: `account_disabled`; `email_not_verified` (with `email.require_verified`; a new link is sent); `mfa_required` with `mfa_token` and `expires_in` (two-factor is on: finish at `POST /auth/mfa/verify`)", body = ApiErrorBody),
     ))]
 pub(super) async fn login(
     State(state): State<Arc<AppState>>,

@@ -46,6 +46,20 @@ pub enum ApiError {
     Internal(String),
     /// 503 `unavailable`, `Retry-After` seconds.
     Unavailable(u64),
+    /// 400 `invalid_code`: a wrong, used, superseded or expired code or link token.
+    InvalidCode,
+    /// 403 `mfa_required`, with the `mfa_token` that `/auth/mfa/verify` takes.
+    MfaRequired {
+        /// The challenge's token.
+        mfa_token: String,
+        /// Its lifetime in seconds.
+        expires_in: i64,
+    },
+    /// 403 `email_not_verified`.
+    EmailNotVerified,
+    /// 503 `unavailable`: a mail endpoint, and `email.smtp_url` is not set (no `Retry-After`:
+    /// retrying will not help).
+    EmailNotConfigured,
 }
 
 #[derive(Serialize)]
@@ -54,13 +68,19 @@ struct Body<'a> {
     message: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     fields: Option<&'a BTreeMap<String, String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mfa_token: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires_in: Option<i64>,
 }
 
 impl ApiError {
     /// The HTTP status.
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::BadRequest(_) | ApiError::InvalidCode => StatusCode::BAD_REQUEST,
+            ApiError::MfaRequired { .. } | ApiError::EmailNotVerified => StatusCode::FORBIDDEN,
+            ApiError::EmailNotConfigured => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::InvalidCredentials
             | ApiError::InvalidToken(_)
             | ApiError::InvalidRefreshToken => StatusCode::UNAUTHORIZED,
@@ -98,7 +118,10 @@ impl ApiError {
             ApiError::RateLimited(_) => "rate_limited",
             ApiError::HeadersTooLarge => "headers_too_large",
             ApiError::Internal(_) => "internal",
-            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Unavailable(_) | ApiError::EmailNotConfigured => "unavailable",
+            ApiError::InvalidCode => "invalid_code",
+            ApiError::MfaRequired { .. } => "mfa_required",
+            ApiError::EmailNotVerified => "email_not_verified",
         }
     }
 
@@ -126,6 +149,14 @@ impl ApiError {
             ApiError::HeadersTooLarge => "Request headers too large".to_owned(),
             ApiError::Internal(id) => format!("Internal error (id {id})"),
             ApiError::Unavailable(_) => "Service temporarily unavailable; retry later".to_owned(),
+            ApiError::InvalidCode => "Invalid or expired code".to_owned(),
+            ApiError::MfaRequired { .. } => {
+                "Two-factor authentication required: send a code with the mfa_token".to_owned()
+            }
+            ApiError::EmailNotVerified => {
+                "Verify your email address first: follow the link we sent".to_owned()
+            }
+            ApiError::EmailNotConfigured => "Email is not configured on this server".to_owned(),
         }
     }
 
@@ -144,10 +175,19 @@ impl IntoResponse for ApiError {
             ApiError::ValidationFailed(f) => Some(f),
             _ => None,
         };
+        let (mfa_token, expires_in) = match &self {
+            ApiError::MfaRequired {
+                mfa_token,
+                expires_in,
+            } => (Some(mfa_token.as_str()), Some(*expires_in)),
+            _ => (None, None),
+        };
         let body = Body {
             error: self.code(),
             message: &message,
             fields,
+            mfa_token,
+            expires_in,
         };
         let mut response = (self.status(), Json(body)).into_response();
         let headers = response.headers_mut();
@@ -191,6 +231,13 @@ impl From<AuthError> for ApiError {
             AuthError::Unavailable => ApiError::Unavailable(1),
             AuthError::RateLimited(retry) => ApiError::RateLimited(retry.seconds()),
             AuthError::Internal(detail) => ApiError::internal(&detail),
+            AuthError::InvalidCode => ApiError::InvalidCode,
+            AuthError::MfaRequired(c) => ApiError::MfaRequired {
+                mfa_token: c.mfa_token,
+                expires_in: c.expires_in,
+            },
+            AuthError::EmailNotVerified => ApiError::EmailNotVerified,
+            AuthError::EmailNotConfigured => ApiError::EmailNotConfigured,
         }
     }
 }
@@ -285,6 +332,18 @@ mod tests {
                 "unavailable",
                 Some(("retry-after", "2")),
             ),
+            (ApiError::InvalidCode, 400, "invalid_code", None),
+            (
+                ApiError::MfaRequired {
+                    mfa_token: "t".into(),
+                    expires_in: 300,
+                },
+                403,
+                "mfa_required",
+                None,
+            ),
+            (ApiError::EmailNotVerified, 403, "email_not_verified", None),
+            (ApiError::EmailNotConfigured, 503, "unavailable", None),
         ];
         for (err, status, code, header) in table {
             let is_validation = matches!(err, ApiError::ValidationFailed(_));

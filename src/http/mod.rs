@@ -7,6 +7,7 @@ pub mod error;
 mod extract;
 mod oauth;
 mod openapi;
+mod recovery;
 mod track;
 mod ui;
 
@@ -83,6 +84,24 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/auth/password", post(account::change_password))
         .route("/auth/sessions", get(account::sessions))
         .route("/auth/sessions/{id}", delete(account::end_session))
+        .route("/auth/email/verify", post(recovery::verify_email))
+        .route(
+            "/auth/email/verify/resend",
+            post(recovery::resend_verification),
+        )
+        .route("/auth/password/forgot", post(recovery::forgot_password))
+        .route("/auth/password/reset", post(recovery::reset_password))
+        .route("/auth/email/change", post(recovery::change_email))
+        .route(
+            "/auth/email/change/confirm",
+            post(recovery::confirm_email_change),
+        )
+        .route(
+            "/auth/mfa/totp",
+            post(recovery::start_totp).delete(recovery::disable_totp),
+        )
+        .route("/auth/mfa/totp/confirm", post(recovery::confirm_totp))
+        .route("/auth/mfa/verify", post(recovery::verify_mfa))
         .route(
             "/admin/users",
             get(admin::list_users).post(admin::create_user),
@@ -97,6 +116,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/admin/users/{id}/sessions",
             get(admin::user_sessions).delete(admin::end_user_sessions),
         )
+        .route("/admin/users/{id}/mfa", delete(recovery::admin_reset_mfa))
         .route("/admin/audit", get(admin::audit))
         .route("/admin/keys", get(admin::list_keys))
         .route("/admin/keys/rotate", post(admin::rotate_keys))
@@ -262,10 +282,10 @@ async fn healthz() -> impl IntoResponse {
 /// `degraded`.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses(
-        (status = 200, description = "Ready (`status` is `ready`, or `degraded` when Redis is configured but down: limits then hold per node)", content_type = "application/json", body = Object,
-            example = json!({"status": "ready", "checks": {"database": "ok", "signing_keys": "ok", "signing_kid": "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k", "redis": "not_configured"}, "rate_limits": "memory"})),
+        (status = 200, description = "Ready (`status` is `ready`, or `degraded` when Redis is configured but down, so limits hold per node, or when the last SMTP delivery failed, so mail is delayed)", content_type = "application/json", body = Object,
+            example = json!({"status": "ready", "checks": {"database": "ok", "signing_keys": "ok", "signing_kid": "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k", "email": "ok", "redis": "not_configured"}, "rate_limits": "memory"})),
         (status = 503, description = "`unavailable`: the database does not answer, or the node is shutting down (`status`: `draining`)", content_type = "application/json", body = Object,
-            example = json!({"status": "draining", "checks": {"database": "ok", "signing_keys": "ok", "signing_kid": "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k", "redis": "not_configured"}, "rate_limits": "memory", "error": "unavailable", "message": "Shutting down; retry on another node"})),
+            example = json!({"status": "draining", "checks": {"database": "ok", "signing_keys": "ok", "signing_kid": "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k", "email": "not_configured", "redis": "not_configured"}, "rate_limits": "memory", "error": "unavailable", "message": "Shutting down; retry on another node"})),
     ))]
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let database = state.auth.store().ping().await;
@@ -278,19 +298,26 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         .unwrap_or("HS256")
         .to_owned();
     let redis = state.auth.limits().check_redis().await;
+    let email = state.auth.mail_health();
     let draining = state.is_draining();
     let ready = database && !draining;
-    let status = match (ready, draining, redis) {
-        (false, true, _) => "draining",
-        (false, false, _) => "unavailable",
-        (true, _, Some(false)) => "degraded",
-        (true, _, _) => "ready",
+    let status = match (ready, draining, redis, email) {
+        (false, true, _, _) => "draining",
+        (false, false, _, _) => "unavailable",
+        (true, _, Some(false), _) | (true, _, _, Some(false)) => "degraded",
+        (true, _, _, _) => "ready",
     };
     let mut checks = serde_json::json!({
         "database": if database { "ok" } else { "down" },
         "signing_keys": "ok",
         "signing_kid": signing_kid,
     });
+    // Mail is delayed, never lost, while the SMTP server fails: degraded, still ready.
+    checks["email"] = match email {
+        None => serde_json::Value::from("not_configured"),
+        Some(true) => "ok".into(),
+        Some(false) => "failing".into(),
+    };
     checks["redis"] = match redis {
         None => serde_json::Value::from("not_configured"),
         Some(true) => "ok".into(),

@@ -45,6 +45,9 @@ pub(crate) struct OAuthError {
     error: &'static str,
     description: String,
     retry_after: Option<u64>,
+    /// `mfa_required`: the challenge (API.md gives the password grant the same answer as
+    /// `/auth/login`).
+    mfa: Option<crate::auth::MfaChallenge>,
 }
 
 impl OAuthError {
@@ -54,6 +57,7 @@ impl OAuthError {
             error,
             description: description.into(),
             retry_after: None,
+            mfa: None,
         }
     }
 
@@ -101,6 +105,18 @@ impl From<AuthError> for OAuthError {
                 OAuthError::invalid_grant("incorrect username or password")
             }
             AuthError::AccountDisabled => OAuthError::invalid_grant("the account is disabled"),
+            AuthError::EmailNotVerified => {
+                OAuthError::invalid_grant("email_not_verified: the email address is not verified")
+            }
+            AuthError::MfaRequired(challenge) => OAuthError {
+                mfa: Some(challenge),
+                ..OAuthError::new(
+                    StatusCode::FORBIDDEN,
+                    "mfa_required",
+                    "two-factor authentication required: send a code with the mfa_token to \
+                     POST /auth/mfa/verify",
+                )
+            },
             AuthError::InvalidRefreshToken => {
                 OAuthError::invalid_grant("the refresh token is invalid, expired or revoked")
             }
@@ -131,6 +147,12 @@ impl From<AuthError> for OAuthError {
 struct ErrorBody<'a> {
     error: &'a str,
     error_description: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mfa_token: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires_in: Option<i64>,
 }
 
 /// RFC 6749 section 5.1: token responses and their errors are never cached.
@@ -146,6 +168,9 @@ impl IntoResponse for OAuthError {
         let body = ErrorBody {
             error: self.error,
             error_description: &self.description,
+            message: self.mfa.as_ref().map(|_| self.description.as_str()),
+            mfa_token: self.mfa.as_ref().map(|m| m.mfa_token.as_str()),
+            expires_in: self.mfa.as_ref().map(|m| m.expires_in),
         };
         let mut r = (self.status, axum::Json(body)).into_response();
         if self.status == StatusCode::UNAUTHORIZED {

@@ -31,7 +31,8 @@ impl utoipa::PartialSchema for ApiErrorBody {
     fn schema() -> RefOr<utoipa::openapi::schema::Schema> {
         use utoipa::openapi::schema::{ObjectBuilder, Type};
         let string = || ObjectBuilder::new().schema_type(Type::String);
-        let codes = every_error().iter().map(ApiError::code).collect::<Vec<_>>();
+        let mut codes = every_error().iter().map(ApiError::code).collect::<Vec<_>>();
+        codes.dedup();
         ObjectBuilder::new()
             .description(Some("API.md's error body"))
             .property(
@@ -54,6 +55,18 @@ impl utoipa::PartialSchema for ApiErrorBody {
                     .description(Some(
                         "With `validation_failed`: what is wrong with each field",
                     )),
+            )
+            .property(
+                "mfa_token",
+                string().description(Some(
+                    "With `mfa_required`: the token `POST /auth/mfa/verify` takes",
+                )),
+            )
+            .property(
+                "expires_in",
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .description(Some("With `mfa_required`: seconds the mfa_token works")),
             )
             .into()
     }
@@ -89,6 +102,15 @@ fn every_error() -> Vec<ApiError> {
         ApiError::HeadersTooLarge,
         ApiError::Internal("5f0c2d9a81b3".to_owned()),
         ApiError::Unavailable(1),
+        ApiError::EmailNotConfigured,
+        ApiError::InvalidCode,
+        ApiError::MfaRequired {
+            mfa_token:
+                "0192c0de5a1e7c3b9d2f4a6b8c0d1e2f.q1w2e3r4t5y6u7i8o9p0a1s2d3f4g5h6j7k8l9z0x1c"
+                    .to_owned(),
+            expires_in: 300,
+        },
+        ApiError::EmailNotVerified,
     ];
     for e in &all {
         match e {
@@ -108,7 +130,11 @@ fn every_error() -> Vec<ApiError> {
             | ApiError::RateLimited(_)
             | ApiError::HeadersTooLarge
             | ApiError::Internal(_)
-            | ApiError::Unavailable(_) => {}
+            | ApiError::Unavailable(_)
+            | ApiError::EmailNotConfigured
+            | ApiError::InvalidCode
+            | ApiError::MfaRequired { .. }
+            | ApiError::EmailNotVerified => {}
         }
     }
     all
@@ -148,6 +174,17 @@ pub(crate) struct OAuthErrorBody {
         super::account::change_password,
         super::account::sessions,
         super::account::end_session,
+        super::recovery::verify_email,
+        super::recovery::resend_verification,
+        super::recovery::forgot_password,
+        super::recovery::reset_password,
+        super::recovery::change_email,
+        super::recovery::confirm_email_change,
+        super::recovery::start_totp,
+        super::recovery::confirm_totp,
+        super::recovery::disable_totp,
+        super::recovery::verify_mfa,
+        super::recovery::admin_reset_mfa,
         super::admin::list_users,
         super::admin::create_user,
         super::admin::get_user,
@@ -174,6 +211,10 @@ pub(crate) struct OAuthErrorBody {
         super::ui::login,
         super::ui::register,
         super::ui::account,
+        super::ui::forgot_password,
+        super::ui::reset_password,
+        super::ui::verify_email,
+        super::ui::confirm_email,
         super::ui::script,
         super::ui::style,
         openapi_json,
@@ -185,6 +226,8 @@ pub(crate) struct OAuthErrorBody {
     modifiers(&SecuritySchemes, &CommonErrors),
     tags(
         (name = "account", description = "Registration, login, refresh, logout and the caller's own account and sessions"),
+        (name = "recovery", description = "Email verification, password reset and email change (need `email.smtp_url`)"),
+        (name = "mfa", description = "Two-factor authentication (TOTP, recovery codes) and the second step of a login"),
         (name = "admin", description = "Administration (role `admin`)"),
         (name = "oauth", description = "OAuth 2.0 endpoints (form-encoded, RFC 6749 errors)"),
         (name = "keys", description = "Public keys and discovery"),

@@ -63,6 +63,10 @@ pub enum Action {
     Token,
     /// `PATCH /auth/me` (it answers whether a username is taken: limited like registration)
     Profile,
+    /// The mail endpoints (verification, password reset, email change) and the second-factor
+    /// step: per IP like `rate_limits.password`, and mail also per address
+    /// ([`Limits::check_address`]).
+    Email,
 }
 
 impl Action {
@@ -75,6 +79,7 @@ impl Action {
             Action::Password => "password",
             Action::Token => "token",
             Action::Profile => "profile",
+            Action::Email => "email",
         }
     }
 }
@@ -253,6 +258,8 @@ pub struct Limits {
     password: Budget,
     token: Budget,
     profile: Budget,
+    email: Budget,
+    address: Budget,
     failed_logins: Rate,
     ipv6_prefix: u8,
     prefix: String,
@@ -331,6 +338,8 @@ impl Limits {
             password: Budget::new(r.password, format!("{p}rl:password:")),
             token: Budget::new(r.token, format!("{p}rl:token:")),
             profile: Budget::new(r.register, format!("{p}rl:profile:")),
+            email: Budget::new(r.password, format!("{p}rl:email:")),
+            address: Budget::new(r.password, format!("{p}rl:address:")),
             failed_logins: r.failed_logins,
             ipv6_prefix: r.ipv6_prefix,
             prefix: p.clone(),
@@ -350,7 +359,19 @@ impl Limits {
             Action::Password => &self.password,
             Action::Token => &self.token,
             Action::Profile => &self.profile,
+            Action::Email => &self.email,
         }
+    }
+
+    /// Takes one message from the budget of a recipient address (normalised): however many
+    /// clients ask, an address gets at most `rate_limits.password` mails.
+    pub async fn check_address(&self, address: &str) -> Result<(), RetryAfter> {
+        if !self.enabled {
+            return Ok(());
+        }
+        self.address
+            .take(&self.accounts, &*self.clock, address)
+            .await
     }
 
     /// The key a client's budgets are kept under: its IPv4 address, or its IPv6 network of

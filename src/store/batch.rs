@@ -59,14 +59,14 @@ where
 /// revocation that follows the change sees the session). SQLite has one writer at a time,
 /// and no such clause.
 const INSERT_SESSION_SQL: &str = "insert into sessions (id, user_id, refresh_hash, \
-     generation, refresh_expires_at, expires_at, created_at, last_active_at, user_agent, ip) \
-     select $1, $2, $3, 0, $4, $5, $6, $6, $7, $8 where exists (select 1 from users \
+     generation, refresh_expires_at, expires_at, created_at, last_active_at, user_agent, ip, mfa) \
+     select $1, $2, $3, 0, $4, $5, $6, $6, $7, $8, $10 where exists (select 1 from users \
      where id = $2 and is_active = true and credentials_version = $9 for share)";
 
 /// [`INSERT_SESSION_SQL`] for SQLite.
 const INSERT_SESSION_SQLITE: &str = "insert into sessions (id, user_id, refresh_hash, \
-     generation, refresh_expires_at, expires_at, created_at, last_active_at, user_agent, ip) \
-     select $1, $2, $3, 0, $4, $5, $6, $6, $7, $8 where exists (select 1 from users \
+     generation, refresh_expires_at, expires_at, created_at, last_active_at, user_agent, ip, mfa) \
+     select $1, $2, $3, 0, $4, $5, $6, $6, $7, $8, $10 where exists (select 1 from users \
      where id = $2 and is_active = true and credentials_version = $9)";
 
 /// Ends the user's live sessions beyond the `$3` most recently active; returns their ids.
@@ -88,6 +88,7 @@ where
     i64: for<'t> Encode<'t, DB> + Type<DB>,
     Option<i64>: for<'t> Encode<'t, DB> + Type<DB>,
     Vec<u8>: for<'t> Encode<'t, DB> + Type<DB>,
+    bool: for<'t> Encode<'t, DB> + Type<DB>,
 {
     let sql = if DB::NAME == <sqlx::Sqlite as Database>::NAME {
         INSERT_SESSION_SQLITE
@@ -104,6 +105,7 @@ where
         .bind(s.user_agent.clone())
         .bind(s.ip.clone())
         .bind(s.credentials_version)
+        .bind(s.mfa)
 }
 
 /// The session-limit trim with its arguments, for either backend.

@@ -9,6 +9,8 @@ mod audit;
 mod batch;
 mod cache;
 mod keys;
+mod mail;
+mod mfa;
 mod purge;
 mod revocations;
 mod sessions;
@@ -26,7 +28,9 @@ use sqlx::sqlite::{
 pub use audit::{AuditQuery, AuditRecord, NewAuditEvent};
 pub use cache::CACHE_TTL;
 pub use keys::KeyInfo;
-pub use purge::{PurgeCounts, TableCounts};
+pub use mail::{EmailTokenRecord, MailKind, NewEmailToken, NewMail, OutboxRecord, TokenPurpose};
+pub use mfa::{ChallengeRecord, MFA_ATTEMPTS, NewChallenge, TotpRecord};
+pub use purge::{MAIL_RETENTION, PurgeCounts, TableCounts};
 pub use sessions::{NewSession, Rotation, SessionRecord};
 pub use users::{NewUser, StoredHash, UserChange, UserRecord};
 
@@ -400,6 +404,7 @@ pub(crate) mod tests {
             user_agent: None,
             ip: None,
             credentials_version: 0,
+            mfa: false,
         }
     }
 

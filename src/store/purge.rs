@@ -14,7 +14,13 @@ pub struct PurgeCounts {
     pub sealed_successors: u64,
     /// Audit events past retention, deleted.
     pub audit_events: u64,
+    /// Sent (or dropped) mail past [`MAIL_RETENTION`], expired link tokens and expired
+    /// waiting logins, deleted.
+    pub mail: u64,
 }
+
+/// How long a sent or dropped message stays in the outbox for operators.
+pub const MAIL_RETENTION: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
 
 /// Row counts, for operators and tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -36,6 +42,7 @@ impl Store {
         ended_before: OffsetDateTime,
         sealed_before: OffsetDateTime,
         audit_before: OffsetDateTime,
+        now: OffsetDateTime,
     ) -> Result<PurgeCounts, StoreError> {
         let ended = to_millis(ended_before);
         let sessions = on_pool!(self, write, |pool| {
@@ -65,10 +72,26 @@ impl Store {
                 .await?
                 .rows_affected()
         })?;
+        let mail_before = now - time::Duration::try_from(MAIL_RETENTION).unwrap_or_default();
+        let mut mail = 0;
+        for (sql, at) in [
+            ("delete from outbox where sent_at < $1", mail_before),
+            ("delete from email_tokens where expires_at < $1", now),
+            ("delete from mfa_challenges where expires_at < $1", now),
+        ] {
+            mail += on_pool!(self, write, |pool| {
+                sqlx::query(sql)
+                    .bind(to_millis(at))
+                    .execute(pool)
+                    .await?
+                    .rows_affected()
+            })?;
+        }
         Ok(PurgeCounts {
             sessions,
             sealed_successors,
             audit_events,
+            mail,
         })
     }
 

@@ -41,6 +41,8 @@ pub struct SessionRecord {
     pub ip: Option<String>,
     /// When it was revoked, if it was.
     pub revoked_at: Option<OffsetDateTime>,
+    /// Opened with a second factor.
+    pub mfa: bool,
 }
 
 impl SessionRecord {
@@ -77,6 +79,8 @@ pub struct NewSession {
     /// The user's credentials version its login read with the password hash
     /// ([`super::StoredHash::version`]): the session is opened only if it is still current.
     pub credentials_version: i64,
+    /// Opened with a second factor (its access tokens say `amr: ["pwd", "otp"]`).
+    pub mfa: bool,
 }
 
 /// One rotation: from generation `from_generation` to the next.
@@ -112,11 +116,12 @@ struct SessionRow {
     user_agent: Option<String>,
     ip: Option<String>,
     revoked_at: Option<i64>,
+    mfa: bool,
 }
 
 const SESSION_COLUMNS: &str = "id, user_id, refresh_hash, generation, previous_hash, rotated_at, \
      sealed_successor, refresh_expires_at, expires_at, created_at, last_active_at, user_agent, ip, \
-     revoked_at";
+     revoked_at, mfa";
 
 impl TryFrom<SessionRow> for SessionRecord {
     type Error = StoreError;
@@ -138,6 +143,7 @@ impl TryFrom<SessionRow> for SessionRecord {
             user_agent: r.user_agent,
             ip: r.ip,
             revoked_at: r.revoked_at.map(from_millis),
+            mfa: r.mfa,
         })
     }
 }

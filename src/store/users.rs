@@ -25,6 +25,10 @@ pub struct UserRecord {
     pub permissions: Vec<String>,
     /// Whether the account may log in.
     pub is_active: bool,
+    /// Whether the address was verified (a link followed, or an operator's word).
+    pub email_verified: bool,
+    /// Whether two-factor authentication is on.
+    pub mfa_enabled: bool,
     /// Creation time.
     pub created_at: OffsetDateTime,
     /// Last change.
@@ -78,7 +82,7 @@ pub struct NewUser {
 }
 
 #[derive(sqlx::FromRow)]
-struct UserRow {
+pub(super) struct UserRow {
     id: String,
     email: String,
     username: Option<String>,
@@ -86,6 +90,8 @@ struct UserRow {
     roles: String,
     permissions: String,
     is_active: bool,
+    email_verified: bool,
+    mfa_enabled: bool,
     created_at: i64,
     updated_at: i64,
 }
@@ -105,8 +111,8 @@ struct LiveUserRow {
     session_expires_at: Option<i64>,
 }
 
-const USER_COLUMNS: &str =
-    "id, email, username, name, roles, permissions, is_active, created_at, updated_at";
+pub(super) const USER_COLUMNS: &str = "id, email, username, name, roles, permissions, is_active, \
+     email_verified, mfa_enabled, created_at, updated_at";
 
 impl TryFrom<UserRow> for UserRecord {
     type Error = StoreError;
@@ -120,6 +126,8 @@ impl TryFrom<UserRow> for UserRecord {
             roles: json_list(&r.roles, "users")?,
             permissions: json_list(&r.permissions, "users")?,
             is_active: r.is_active,
+            email_verified: r.email_verified,
+            mfa_enabled: r.mfa_enabled,
             created_at: from_millis(r.created_at),
             updated_at: from_millis(r.updated_at),
         })
@@ -160,14 +168,30 @@ impl Store {
         new: NewUser,
         now: OffsetDateTime,
     ) -> Result<UserRecord, StoreError> {
+        self.insert_user_with_mail(new, now, None).await
+    }
+
+    /// Inserts a user and, in the same transaction, queues `mail` about them (its `user_id`
+    /// is set to the new user's).
+    pub async fn insert_user_with_mail(
+        &self,
+        new: NewUser,
+        now: OffsetDateTime,
+        mail: Option<super::NewMail>,
+    ) -> Result<UserRecord, StoreError> {
         let id = UserId::new();
         let sql = format!(
             "insert into users (id, email, username, name, password_hash, roles, permissions, \
              is_active, created_at, updated_at) values ($1, $2, $3, $4, $5, $6, $7, true, $8, $8) \
              returning {USER_COLUMNS}"
         );
+        let mail = mail.map(|m| super::NewMail {
+            user_id: Some(id),
+            ..m
+        });
         let row: UserRow = on_pool!(self, write, |pool| {
-            sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
+            let mut tx = pool.begin().await?;
+            let row: UserRow = sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
                 .bind(id.to_string())
                 .bind(new.email.as_str())
                 .bind(&new.username)
@@ -176,8 +200,15 @@ impl Store {
                 .bind(to_json_list(&new.roles))
                 .bind(to_json_list(&new.permissions))
                 .bind(to_millis(now))
-                .fetch_one(pool)
-                .await?
+                .fetch_one(&mut *tx)
+                .await?;
+            if let Some(mail) = &mail {
+                super::mail::outbox_insert!(mail, now)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            row
         })?;
         row.try_into()
     }

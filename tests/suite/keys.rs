@@ -455,6 +455,8 @@ fn token_signed_by(
         session_id: keygate::domain::SessionId::parse(claims["sid"].as_str().unwrap()).unwrap(),
         roles: &[],
         permissions: &[],
+        mfa: false,
+        email_verified: false,
     };
     ring.issue(&grant, now).unwrap().0
 }

@@ -45,7 +45,7 @@ async fn spawn() -> Option<TestApp> {
 }
 
 /// A form POST, optionally with HTTP Basic client credentials.
-async fn form(
+pub(crate) async fn form(
     app: &TestApp,
     path: &str,
     pairs: &[(&str, &str)],

@@ -76,6 +76,7 @@ async fn only_one_rotation_from_a_generation_wins() {
                 user_agent: None,
                 ip: None,
                 credentials_version: 0,
+                mfa: false,
             },
             now,
         )

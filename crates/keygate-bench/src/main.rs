@@ -561,6 +561,8 @@ async fn mint_fresh_tokens(database_url: &str, access: &[String], count: usize) 
                     session_id: keygate::domain::SessionId::parse(sid).expect("uuid"),
                     roles: &[],
                     permissions: &[],
+                    mfa: false,
+                    email_verified: false,
                 };
                 out.push(ring.issue(&grant, now).expect("sign").0);
             }

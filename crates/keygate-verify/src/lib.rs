@@ -104,6 +104,13 @@ pub struct Claims {
     /// whose `sub` is that client and whose `sid` is `client:<id>` (no session).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_id: Option<String>,
+    /// How the user authenticated (RFC 8176): `["pwd"]`, or `["pwd", "otp"]` after a second
+    /// factor. Empty for `client_credentials` tokens.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub amr: Vec<String>,
+    /// Whether the user's email address was verified when the token was issued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email_verified: Option<bool>,
 }
 
 impl Claims {
@@ -125,7 +132,7 @@ impl Claims {
     /// # let claims = Claims { iss: "i".into(), sub: "u".into(), aud: Audience::One("a".into()),
     /// #     exp: 0, iat: 0, jti: "j".into(), sid: "s".into(),
     /// #     roles: vec!["admin".into()], permissions: vec!["users:read".into()],
-    /// #     client_id: None };
+    /// #     client_id: None, amr: vec![], email_verified: None };
     /// assert!(claims.require_role("admin").is_ok());
     /// assert!(claims.require_permission("users:write").is_err());
     /// ```

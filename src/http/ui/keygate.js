@@ -96,12 +96,17 @@ function labelOf(input) {
 const FIELD_NAMES = {
   email: "Email", username: "Username", name: "Name", password: "Password",
   current_password: "Current password", new_password: "New password",
+  new_email: "New email", code: "Code", recovery_code: "Recovery code", token: "Link",
 };
+
+const INVALID_CODE = "This code or link does not work: it may be mistyped, already used, replaced by a newer one, or expired.";
 
 function message(r) {
   const e = r.data.error;
   switch (r.status) {
     case 0: return "Keygate could not be reached. Check your connection and try again.";
+    case 400:
+      return e === "invalid_code" ? INVALID_CODE : "Something went wrong on our side. Please try again.";
     case 401:
       return e === "invalid_credentials"
         ? "Incorrect email, username or password."
@@ -109,6 +114,9 @@ function message(r) {
     case 403:
       if (e === "account_disabled") return "This account is disabled. Please contact an administrator.";
       if (e === "csrf_failed") return "This request could not be verified. Reload the page and try again.";
+      if (e === "email_not_verified") {
+        return "Please verify your email address first: follow the link we sent you (a new one is on its way if the last one expired).";
+      }
       return sentence(r.data.message) || "You are not allowed to do this.";
     case 404: return "This no longer exists. Reload the page.";
     case 409:
@@ -118,7 +126,9 @@ function message(r) {
     case 413: return "What you entered is too long.";
     case 422: return sentence(r.data.message) || "Please correct the fields marked below.";
     case 429: return `Too many attempts. Please wait ${wait(r.retryAfter)} and try again.`;
-    case 503: return `Keygate is unavailable right now. Please try again in ${wait(r.retryAfter)}.`;
+    case 503:
+      if (!r.retryAfter && r.data.message) return sentence(r.data.message);
+      return `Keygate is unavailable right now. Please try again in ${wait(r.retryAfter)}.`;
     default: return "Something went wrong on our side. Please try again.";
   }
 }
@@ -139,6 +149,9 @@ function showErrors(form, r, aliases = {}) {
   if (r.status === 422 && r.data.fields) Object.assign(fields, r.data.fields);
   else if (r.status === 401 && r.data.error === "invalid_credentials") fields.password = message(r);
   else if (r.status === 409) fields[r.data.error === "username_taken" ? "username" : "email"] = message(r);
+  else if (r.status === 400 && r.data.error === "invalid_code" && aliases.invalid_code) {
+    fields[aliases.invalid_code] = message(r);
+  }
   const general = [];
   if (Object.keys(fields).length === 0) general.push(message(r));
   let first = null;
@@ -194,9 +207,95 @@ async function loginPage() {
       const body = { password: form.elements.password.value };
       body[login.includes("@") ? "email" : "username"] = login;
       const r = await call("POST", "/auth/login?transport=cookie", { body });
+      if (r.status === 403 && r.data.error === "mfa_required") return secondFactor(form, r.data.mfa_token);
       if (!r.ok) return showErrors(form, r, { email: "login", username: "login" });
       accessToken = r.data.access_token;
       location.assign(returnTo());
+    });
+  });
+}
+
+// The second step of a login: a code from the authenticator app, or a recovery code.
+function secondFactor(login, mfaToken) {
+  const form = byId("mfa");
+  login.hidden = true;
+  form.hidden = false;
+  let recovery = false;
+  const toggle = byId("mfa-use-recovery");
+  const show = () => {
+    byId("mfa-code-field").hidden = recovery;
+    byId("mfa-recovery-field").hidden = !recovery;
+    toggle.textContent = recovery ? "Use a code from the app instead" : "Use a recovery code instead";
+    byId("mfa-hint").textContent = recovery
+      ? "Enter one of the recovery codes you saved when you turned on two-factor authentication."
+      : "Enter the 6-digit code from your authenticator app.";
+    form.elements[recovery ? "recovery_code" : "code"].focus();
+  };
+  toggle.addEventListener("click", () => { recovery = !recovery; clearErrors(form); show(); });
+  show();
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    busy(form, async () => {
+      const field = recovery ? "recovery_code" : "code";
+      const body = { mfa_token: mfaToken, [field]: form.elements[field].value.trim() };
+      const r = await call("POST", "/auth/mfa/verify?transport=cookie", { body });
+      if (r.ok) {
+        accessToken = r.data.access_token;
+        return location.assign(returnTo());
+      }
+      showErrors(form, r, { invalid_code: field });
+    });
+  });
+}
+
+// The token of an emailed link, taken out of the address bar at once (it stays in memory).
+function linkToken() {
+  const token = new URLSearchParams(location.search).get("token") ?? "";
+  if (location.search) history.replaceState(null, "", location.pathname);
+  return token;
+}
+
+function forgotPage() {
+  const form = byId("forgot");
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    busy(form, async () => {
+      const r = await call("POST", "/auth/password/forgot", { body: { email: form.elements.email.value.trim() } });
+      if (!r.ok) return showErrors(form, r);
+      clearErrors(form);
+      const done = byId("forgot-done");
+      done.textContent = "If an account uses this address, a link to choose a new password is on its way. Check your inbox.";
+      done.hidden = false;
+    });
+  });
+}
+
+function resetPage() {
+  const token = linkToken();
+  const form = byId("reset");
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    busy(form, async () => {
+      const body = { token, new_password: form.elements.new_password.value };
+      const r = await call("POST", "/auth/password/reset", { body });
+      if (!r.ok) return showErrors(form, r);
+      form.hidden = true;
+      byId("reset-done").hidden = false;
+    });
+  });
+}
+
+// /ui/verify-email and /ui/confirm-email: one click sends the link's token.
+function linkPage(path) {
+  const token = linkToken();
+  const form = byId("link");
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    busy(form, async () => {
+      const r = await call("POST", path, { body: { token } });
+      if (!r.ok) return showErrors(form, r);
+      form.hidden = true;
+      byId("link-done").hidden = false;
     });
   });
 }
@@ -234,6 +333,94 @@ async function loadProfile() {
   form.elements.email.value = r.data.email ?? "";
   form.elements.name.value = r.data.name ?? "";
   form.elements.username.value = r.data.username ?? "";
+  const status = byId("profile-email-status");
+  status.textContent = r.data.email_verified ? "Verified" : "Not verified yet";
+  status.className = `hint ${r.data.email_verified ? "verified" : "unverified"}`;
+  byId("verify-section").hidden = !mailOn() || r.data.email_verified;
+  byId("email-section").hidden = !mailOn();
+  showMfa(r.data.mfa_enabled);
+}
+
+const mailOn = () => document.body.dataset.mail === "on";
+
+function showMfa(enabled) {
+  byId("mfa-status").textContent = enabled
+    ? "On: logging in asks for a code from your authenticator app."
+    : "Off: your password alone logs you in.";
+  byId("mfa-start").hidden = enabled;
+  byId("mfa-off").hidden = !enabled;
+}
+
+function mfaSection() {
+  const start = byId("mfa-start");
+  const confirm = byId("mfa-confirm");
+  start.addEventListener("submit", (event) => {
+    event.preventDefault();
+    busy(start, async () => {
+      const r = await authed("POST", "/auth/mfa/totp", { password: start.elements.password.value });
+      if (!r.ok) return showErrors(start, r);
+      start.reset();
+      start.hidden = true;
+      // The server's SVG (rectangles only) parsed as SVG, never as HTML.
+      const svg = new DOMParser().parseFromString(r.data.qr_svg, "image/svg+xml").documentElement;
+      byId("mfa-qr").replaceChildren(document.importNode(svg, true));
+      byId("mfa-secret").textContent = r.data.secret;
+      confirm.hidden = false;
+      confirm.elements.code.focus();
+    });
+  });
+  confirm.addEventListener("submit", (event) => {
+    event.preventDefault();
+    busy(confirm, async () => {
+      const r = await authed("POST", "/auth/mfa/totp/confirm", { code: confirm.elements.code.value.trim() });
+      if (!r.ok) return showErrors(confirm, r, { invalid_code: "code" });
+      confirm.reset();
+      confirm.hidden = true;
+      byId("mfa-codes-list").replaceChildren(...r.data.recovery_codes.map((code) => {
+        const li = document.createElement("li");
+        li.textContent = code;
+        return li;
+      }));
+      byId("mfa-codes").hidden = false;
+      showMfa(true);
+      say("Two-factor authentication is on. Your other sessions were logged out.");
+      await loadSessions();
+    });
+  });
+  const off = byId("mfa-off");
+  off.addEventListener("submit", (event) => {
+    event.preventDefault();
+    busy(off, async () => {
+      const body = { password: off.elements.password.value, code: off.elements.code.value.trim() };
+      const r = await authed("DELETE", "/auth/mfa/totp", body);
+      if (!r.ok) return showErrors(off, r, { invalid_code: "code" });
+      off.reset();
+      byId("mfa-codes").hidden = true;
+      showMfa(false);
+      say("Two-factor authentication is off.");
+    });
+  });
+}
+
+function emailSections() {
+  byId("resend").addEventListener("click", async () => {
+    const r = await authed("POST", "/auth/email/verify/resend");
+    if (!r.ok) return showError("resend-error", r);
+    byId("resend-error").hidden = true;
+    say("A new verification link is on its way. Check your inbox.");
+  });
+  const form = byId("email");
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    busy(form, async () => {
+      const body = { new_email: form.elements.new_email.value.trim(), password: form.elements.password.value };
+      const r = await authed("POST", "/auth/email/change", body);
+      if (!r.ok) return showErrors(form, r);
+      clearErrors(form);
+      form.reset();
+      say("A confirmation link is on its way to the new address. Your address changes when you follow it.");
+    });
+  });
 }
 
 async function loadSessions() {
@@ -333,9 +520,19 @@ async function accountPage() {
     });
   });
 
+  mfaSection();
+  emailSections();
   byId("logout").addEventListener("click", () => logout("local"));
   byId("logout-everywhere").addEventListener("click", () => logout("global"));
 }
 
-const pages = { login: loginPage, register: registerPage, account: accountPage };
+const pages = {
+  login: loginPage,
+  register: registerPage,
+  account: accountPage,
+  forgot: forgotPage,
+  reset: resetPage,
+  verify: () => linkPage("/auth/email/verify"),
+  confirm: () => linkPage("/auth/email/change/confirm"),
+};
 pages[document.body.dataset.page]?.();

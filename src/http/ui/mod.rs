@@ -26,6 +26,9 @@ const LAYOUT: &str = include_str!("layout.html");
 const LOGIN: &str = include_str!("login.html");
 const REGISTER: &str = include_str!("register.html");
 const ACCOUNT: &str = include_str!("account.html");
+const FORGOT: &str = include_str!("forgot.html");
+const RESET: &str = include_str!("reset.html");
+const LINK: &str = include_str!("link.html");
 const SCRIPT: &str = include_str!("keygate.js");
 const STYLE: &str = include_str!("keygate.css");
 
@@ -48,6 +51,10 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
         .route("/ui/login", get(login))
         .route("/ui/register", get(register))
         .route("/ui/account", get(account))
+        .route("/ui/forgot-password", get(forgot_password))
+        .route("/ui/reset-password", get(reset_password))
+        .route("/ui/verify-email", get(verify_email))
+        .route("/ui/confirm-email", get(confirm_email))
         .route("/ui/keygate.js", get(script))
         .route("/ui/keygate.css", get(style))
 }
@@ -119,6 +126,10 @@ fn page(config: &Config, name: &str, title: &str, main: &str, query: Option<&str
         .replace("{{title}}", title)
         .replace("{{page}}", name)
         .replace("{{return_to}}", &escape_attribute(&return_to))
+        .replace(
+            "{{mail}}",
+            if config.email.enabled() { "on" } else { "off" },
+        )
         .replace("{{main}}", main);
     let r = (
         StatusCode::OK,
@@ -142,7 +153,14 @@ pub(crate) async fn login(
         }
         Registration::Closed => "",
     };
-    let main = LOGIN.replace("{{register_link}}", register);
+    let forgot = if config.email.enabled() {
+        "<p class=\"aside\"><a id=\"forgot-link\" href=\"/ui/forgot-password\">Forgot your password?</a></p>"
+    } else {
+        ""
+    };
+    let main = LOGIN
+        .replace("{{register_link}}", register)
+        .replace("{{forgot_link}}", forgot);
     page(config, "login", "Log in", &main, query.as_deref())
 }
 
@@ -180,6 +198,85 @@ pub(crate) async fn account(
         "Your account",
         ACCOUNT,
         query.as_deref(),
+    )
+}
+
+/// A page that only makes sense with mail configured (404 without it, like API.md's 503
+/// endpoints behind it).
+fn mail_page(config: &Config, name: &str, title: &str, main: &str) -> Response {
+    if !config.email.enabled() {
+        return ApiError::NotFound.into_response();
+    }
+    page(config, name, title, main, None)
+}
+
+#[utoipa::path(get, path = "/ui/forgot-password", tag = "pages", operation_id = "forgot_password_page",
+    responses(
+        (status = 200, description = "Asks for the address a reset link goes to", content_type = "text/html"),
+        (status = 404, description = "`not_found`: email is not configured", body = crate::http::openapi::ApiErrorBody),
+    ))]
+pub(crate) async fn forgot_password(State(state): State<Arc<AppState>>) -> Response {
+    mail_page(
+        state.auth.config(),
+        "forgot",
+        "Forgot your password?",
+        FORGOT,
+    )
+}
+
+#[utoipa::path(get, path = "/ui/reset-password", tag = "pages", operation_id = "reset_password_page",
+    params(("token" = String, Query, description = "The reset link's token (read by the page's script, never sent to another origin)")),
+    responses(
+        (status = 200, description = "Sets a new password with the link's token", content_type = "text/html"),
+        (status = 404, description = "`not_found`: email is not configured", body = crate::http::openapi::ApiErrorBody),
+    ))]
+pub(crate) async fn reset_password(State(state): State<Arc<AppState>>) -> Response {
+    mail_page(state.auth.config(), "reset", "Choose a new password", RESET)
+}
+
+#[utoipa::path(get, path = "/ui/verify-email", tag = "pages", operation_id = "verify_email_page",
+    params(("token" = String, Query, description = "The verification link's token")),
+    responses(
+        (status = 200, description = "Verifies the address with the link's token (one click)", content_type = "text/html"),
+        (status = 404, description = "`not_found`: email is not configured", body = crate::http::openapi::ApiErrorBody),
+    ))]
+pub(crate) async fn verify_email(State(state): State<Arc<AppState>>) -> Response {
+    let main = LINK
+        .replace("{{heading}}", "Verify your email address")
+        .replace(
+            "{{hint}}",
+            "Confirm that this address is yours to finish setting up your account.",
+        )
+        .replace("{{button}}", "Verify my address")
+        .replace("{{done}}", "Your email address is verified.");
+    mail_page(
+        state.auth.config(),
+        "verify",
+        "Verify your email address",
+        &main,
+    )
+}
+
+#[utoipa::path(get, path = "/ui/confirm-email", tag = "pages", operation_id = "confirm_email_page",
+    params(("token" = String, Query, description = "The email-change link's token")),
+    responses(
+        (status = 200, description = "Moves the account to its new address with the link's token (one click)", content_type = "text/html"),
+        (status = 404, description = "`not_found`: email is not configured", body = crate::http::openapi::ApiErrorBody),
+    ))]
+pub(crate) async fn confirm_email(State(state): State<Arc<AppState>>) -> Response {
+    let main = LINK
+        .replace("{{heading}}", "Confirm your new email address")
+        .replace(
+            "{{hint}}",
+            "Your account will use this address from now on, to log in and for every message.",
+        )
+        .replace("{{button}}", "Use this address")
+        .replace("{{done}}", "Your email address was changed.");
+    mail_page(
+        state.auth.config(),
+        "confirm",
+        "Confirm your new email address",
+        &main,
     )
 }
 
