@@ -66,9 +66,14 @@ fn config_check_prints_the_effective_configuration_with_secrets_redacted() {
                 "postgres://kg:pw-in-userinfo@db/keygate?sslmode=require&password=pw-in-query&sslpassword=pw-of-key&sslkey=/keys/client.key",
             ),
             ("KEYGATE_REDIS_URL", "redis://:pw-of-redis@cache:6379"),
+            (
+                "KEYGATE_EMAIL__SMTP_URL",
+                "smtp://keygate:pw-of-smtp@smtp.example.com:587",
+            ),
+            ("KEYGATE_EMAIL__FROM", "Keygate <no-reply@example.com>"),
         ],
     );
-    assert!(out.status.success());
+    assert!(out.status.success(), "{}", stderr(&out));
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert!(stdout.contains("access_ttl = \"5m\""), "file applied");
     assert!(
@@ -87,11 +92,16 @@ fn config_check_prints_the_effective_configuration_with_secrets_redacted() {
         "pw-of-key",
         "client.key",
         "pw-of-redis",
+        "pw-of-smtp",
     ] {
         assert!(!stdout.contains(secret), "{secret} redacted: {stdout}");
     }
     assert!(
         stdout.contains("postgres://kg:[redacted]@db/keygate?sslmode=require&password=[redacted]"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("smtp_url = \"smtp://keygate:[redacted]@smtp.example.com:587\""),
         "{stdout}"
     );
 }
@@ -493,6 +503,50 @@ fn the_user_commands_administer_accounts() {
     }
     let out = keygate(d, &["audit", "--event", "user_disabled"], &[]);
     assert_eq!(stdout(&out).lines().count(), 2, "a header and one event");
+
+    // Verification and two-factor, by an operator.
+    assert!(stdout(&keygate(d, &["user", "show", "ada"], &[])).contains("email_verified: false"));
+    let out = keygate(d, &["user", "verify-email", "ada"], &[]);
+    assert!(
+        out.status.success() && stdout(&out).contains("marked verified"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stdout(&keygate(d, &["user", "show", "ada"], &[])).contains("email_verified: true"));
+    let out = keygate(d, &["user", "reset-mfa", "ada"], &[]);
+    assert!(out.status.success() && stdout(&out).contains("nothing changed"));
+    // Two-factor turned on in the database the commands use (as the API would), then off.
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let url = format!("sqlite://{}", d.join("keygate.db").display());
+        let config = keygate::Config::from_toml(&format!("database_url = \"{url}\"")).unwrap();
+        let store = keygate::store::Store::connect(&config).await.unwrap();
+        let ada = store.find_user_by_login("ada").await.unwrap().unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        assert!(
+            store
+                .start_totp(ada.id, "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ", now)
+                .await
+                .unwrap()
+        );
+        let keep = keygate::domain::SessionId::new();
+        assert!(store.confirm_totp(ada.id, 1, &[], keep, now).await.unwrap());
+        store.close().await;
+    });
+    assert!(stdout(&keygate(d, &["user", "show", "ada"], &[])).contains("mfa_enabled: true"));
+    let out = keygate(d, &["user", "reset-mfa", "ada@example.com"], &[]);
+    assert!(
+        out.status.success() && stdout(&out).contains("turned off"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(stdout(&keygate(d, &["user", "show", "ada"], &[])).contains("mfa_enabled: false"));
+    let out = keygate(d, &["audit", "--event", "mfa_disabled"], &[]);
+    assert_eq!(
+        stdout(&out).lines().count(),
+        3,
+        "a header and two events: {}",
+        stdout(&out)
+    );
 
     let out = keygate(d, &["user", "delete", "ada"], &[]);
     assert!(out.status.success());

@@ -8,22 +8,39 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+// Shared with the suite: a real SMTP server, and the tests' own TOTP.
+#[path = "suite/smtp.rs"]
+#[allow(dead_code)]
+mod smtp;
+#[path = "suite/totp.rs"]
+mod totp;
+
 const PASSWORD: &str = "correct horse battery staple";
 const WRONG: &str = "not the password at all";
 const NEW_PASSWORD: &str = "an entirely different passphrase";
 
-#[test]
-fn a_whole_flow_logs_auth_events_with_stable_fields_and_no_secret() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_keygate"))
-        .current_dir(dir.path())
+/// The binary serving in `dir` at debug level with `env`, its log lines collected: the lines,
+/// the reader thread and the server's base URL.
+fn serve(
+    dir: &std::path::Path,
+    env: &[(&str, String)],
+) -> (
+    std::process::Child,
+    Arc<Mutex<Vec<String>>>,
+    std::thread::JoinHandle<()>,
+    String,
+) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_keygate"));
+    command
+        .current_dir(dir)
         .args(["serve", "--listen", "127.0.0.1:0"])
         .env("RUST_LOG", "debug")
-        .env("KEYGATE_REFRESH_REUSE_GRACE", "0")
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let mut child = command.spawn().unwrap();
     let lines = Arc::new(Mutex::new(Vec::<String>::new()));
     let (tx, rx) = std::sync::mpsc::channel();
     let stderr = child.stderr.take().unwrap();
@@ -41,7 +58,16 @@ fn a_whole_flow_logs_auth_events_with_stable_fields_and_no_secret() {
     let addr = rx
         .recv_timeout(Duration::from_secs(60))
         .expect("server reports its address");
-    let base = format!("http://{addr}");
+    (child, lines, reader, format!("http://{addr}"))
+}
+
+#[test]
+fn a_whole_flow_logs_auth_events_with_stable_fields_and_no_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, lines, reader, base) = serve(
+        dir.path(),
+        &[("KEYGATE_REFRESH_REUSE_GRACE", "0".to_owned())],
+    );
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let secrets = runtime.block_on(async {
@@ -226,4 +252,190 @@ fn a_whole_flow_logs_auth_events_with_stable_fields_and_no_secret() {
         lines.iter().any(|l| l.contains("request_id")),
         "request spans with ids"
     );
+}
+
+/// Mail and two-factor through the real binary: no link token, mfa_token, TOTP seed or
+/// recovery code reaches a log line.
+#[test]
+fn mail_and_two_factor_log_no_token_seed_or_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let mail = smtp::SmtpServer::start();
+    let (mut child, lines, reader, base) = serve(
+        dir.path(),
+        &[
+            (
+                "KEYGATE_EMAIL__SMTP_URL",
+                format!("smtp://127.0.0.1:{}?tls=none", mail.port),
+            ),
+            (
+                "KEYGATE_EMAIL__FROM",
+                "Keygate <no-reply@keygate.test>".to_owned(),
+            ),
+            ("KEYGATE_RATE_LIMITS__PASSWORD", "100/1m".to_owned()),
+        ],
+    );
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let secrets = runtime.block_on(async {
+        let c = reqwest::Client::new();
+        let send = |method: reqwest::Method, path: &str, body: Value, bearer: Option<&str>| {
+            let mut req = c.request(method, format!("{base}{path}")).json(&body);
+            if let Some(token) = bearer {
+                req = req.bearer_auth(token);
+            }
+            req.send()
+        };
+        let post = |path: &str, body: Value, bearer: Option<&str>| {
+            send(reqwest::Method::POST, path, body, bearer)
+        };
+        let email = "ada@example.com";
+        let r = post(
+            "/auth/register",
+            json!({"email": email, "password": PASSWORD}),
+            None,
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status(), 201);
+        let verify = mail.nth(email, 1).await.token();
+        let r = post("/auth/email/verify", json!({"token": verify}), None)
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204);
+        let r = post("/auth/password/forgot", json!({"email": email}), None)
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+        let reset = mail.nth(email, 2).await.token();
+        let r = post(
+            "/auth/password/reset",
+            json!({"token": reset, "new_password": NEW_PASSWORD}),
+            None,
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status(), 204);
+        let login: Value = post(
+            "/auth/login",
+            json!({"email": email, "password": NEW_PASSWORD}),
+            None,
+        )
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+        let access = login["access_token"].as_str().unwrap().to_owned();
+        let r = post(
+            "/auth/email/change",
+            json!({"new_email": "ada@example.org", "password": NEW_PASSWORD}),
+            Some(&access),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status(), 202);
+        let change = mail.nth("ada@example.org", 1).await.token();
+        let r = post("/auth/email/change/confirm", json!({"token": change}), None)
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+
+        let enrolment: Value = post(
+            "/auth/mfa/totp",
+            json!({"password": NEW_PASSWORD}),
+            Some(&access),
+        )
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+        let seed = enrolment["secret"].as_str().unwrap().to_owned();
+        let key = totp::base32_decode(&seed);
+        let now = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs() as i64
+        };
+        let codes: Value = post(
+            "/auth/mfa/totp/confirm",
+            json!({"code": totp::totp(&key, now())}),
+            Some(&access),
+        )
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+        let recovery: Vec<String> = codes["recovery_codes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(recovery.len(), 10);
+        let r = post(
+            "/auth/login",
+            json!({"email": "ada@example.org", "password": NEW_PASSWORD}),
+            None,
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status(), 403);
+        let challenge: Value = r.json().await.unwrap();
+        let mfa_token = challenge["mfa_token"].as_str().unwrap().to_owned();
+        let r = post(
+            "/auth/mfa/verify",
+            json!({"mfa_token": mfa_token, "recovery_code": recovery[0]}),
+            None,
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status(), 200);
+        let mut secrets = vec![
+            verify,
+            reset,
+            change,
+            mfa_token,
+            seed.clone(),
+            NEW_PASSWORD.to_owned(),
+        ];
+        // The secret halves alone, the seed in lower case, every recovery code.
+        for t in secrets.clone().iter().take(4) {
+            secrets.push(t.split('.').nth(1).unwrap().to_owned());
+        }
+        secrets.push(seed.to_lowercase());
+        secrets.extend(recovery);
+        secrets
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    reader.join().unwrap();
+    let lines = lines.lock().unwrap();
+    let all = lines.join("\n");
+    assert!(
+        all.contains("mail delivered"),
+        "the sender logs its deliveries"
+    );
+    for secret in &secrets {
+        assert!(!all.contains(secret.as_str()), "a secret is in the logs");
+    }
+    let events: Vec<String> = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["message"] == "auth event")
+        .filter_map(|v| v["event"].as_str().map(str::to_owned))
+        .collect();
+    for expected in [
+        "email_verified",
+        "password_reset_requested",
+        "password_reset",
+        "email_changed",
+        "mfa_enabled",
+    ] {
+        assert!(
+            events.iter().any(|e| e == expected),
+            "{expected} in {events:?}"
+        );
+    }
 }

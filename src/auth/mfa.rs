@@ -200,7 +200,7 @@ impl Auth {
         code: Option<String>,
         client: &ClientInfo,
     ) -> Result<Vec<String>, AuthError> {
-        self.limit(Action::Email, client).await?;
+        self.limit(Action::Password, client).await?;
         let code = code.ok_or_else(|| required("code"))?;
         let me = self.me(who).await?;
         let enrolment = self.store.totp(me.id).await?;

@@ -225,7 +225,7 @@ pub(crate) async fn forgot_password(State(state): State<Arc<AppState>>) -> Respo
 }
 
 #[utoipa::path(get, path = "/ui/reset-password", tag = "pages", operation_id = "reset_password_page",
-    params(("token" = String, Query, description = "The reset link's token (read by the page's script, never sent to another origin)")),
+    params(("token" = Option<String>, Query, description = "The reset link's token (read by the page's script, never sent to another origin)")),
     responses(
         (status = 200, description = "Sets a new password with the link's token", content_type = "text/html"),
         (status = 404, description = "`not_found`: email is not configured", body = crate::http::openapi::ApiErrorBody),
@@ -235,7 +235,7 @@ pub(crate) async fn reset_password(State(state): State<Arc<AppState>>) -> Respon
 }
 
 #[utoipa::path(get, path = "/ui/verify-email", tag = "pages", operation_id = "verify_email_page",
-    params(("token" = String, Query, description = "The verification link's token")),
+    params(("token" = Option<String>, Query, description = "The verification link's token")),
     responses(
         (status = 200, description = "Verifies the address with the link's token (one click)", content_type = "text/html"),
         (status = 404, description = "`not_found`: email is not configured", body = crate::http::openapi::ApiErrorBody),
@@ -258,7 +258,7 @@ pub(crate) async fn verify_email(State(state): State<Arc<AppState>>) -> Response
 }
 
 #[utoipa::path(get, path = "/ui/confirm-email", tag = "pages", operation_id = "confirm_email_page",
-    params(("token" = String, Query, description = "The email-change link's token")),
+    params(("token" = Option<String>, Query, description = "The email-change link's token")),
     responses(
         (status = 200, description = "Moves the account to its new address with the link's token (one click)", content_type = "text/html"),
         (status = 404, description = "`not_found`: email is not configured", body = crate::http::openapi::ApiErrorBody),
