@@ -63,6 +63,9 @@ pub struct EmailConfig {
     /// A directory whose `<template>.subject`, `<template>.txt` and `<template>.html` files
     /// replace the built-in ones.
     pub templates_dir: Option<PathBuf>,
+    /// `email.tls_ca_file`: the file, and the DER of each certificate in it, trusted for the
+    /// SMTP server besides the Mozilla roots (a relay with a private CA).
+    pub tls_ca: Option<(PathBuf, Vec<Vec<u8>>)>,
 }
 
 impl EmailConfig {
@@ -94,6 +97,7 @@ pub(super) struct RawEmail {
     reset_ttl: Option<Text>,
     require_verified: Option<Text>,
     templates_dir: Option<Text>,
+    tls_ca_file: Option<Text>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -158,6 +162,10 @@ pub(super) fn email(raw: RawEmail, public_url: &str) -> Result<EmailConfig, Conf
         reset_ttl: positive_duration("email.reset_ttl", raw.reset_ttl, "30m")?,
         require_verified: boolean("email.require_verified", raw.require_verified, false)?,
         templates_dir: raw.templates_dir.map(|t| PathBuf::from(t.0)),
+        tls_ca: raw
+            .tls_ca_file
+            .map(|t| tls_ca(PathBuf::from(t.0)))
+            .transpose()?,
     })
 }
 
@@ -171,6 +179,29 @@ pub(super) fn mfa(raw: RawMfa) -> Result<MfaConfig, ConfigError> {
         ));
     }
     Ok(MfaConfig { issuer_name })
+}
+
+/// The certificates of a PEM file (at least one).
+fn tls_ca(path: PathBuf) -> Result<(PathBuf, Vec<Vec<u8>>), ConfigError> {
+    let text = std::fs::read(&path).map_err(|e| {
+        ConfigError::key(
+            "email.tls_ca_file",
+            format!("cannot read `{}`: {e}", path.display()),
+        )
+    })?;
+    let certificates: Vec<Vec<u8>> = pem::parse_many(&text)
+        .map_err(|_| ConfigError::key("email.tls_ca_file", "expected PEM certificates"))?
+        .into_iter()
+        .filter(|p| p.tag() == "CERTIFICATE")
+        .map(pem::Pem::into_contents)
+        .collect();
+    if certificates.is_empty() {
+        return Err(ConfigError::key(
+            "email.tls_ca_file",
+            format!("`{}` holds no PEM certificate", path.display()),
+        ));
+    }
+    Ok((path, certificates))
 }
 
 const SMTP_URL_HELP: &str = "expected `smtp://USER:PASSWORD@HOST:587` (STARTTLS), \

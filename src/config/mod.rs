@@ -494,6 +494,11 @@ impl Config {
                     .templates_dir
                     .as_deref()
                     .map(|p| p.display().to_string()),
+                tls_ca_file: self
+                    .email
+                    .tls_ca
+                    .as_ref()
+                    .map(|(p, _)| p.display().to_string()),
             },
             mfa: RedactedMfa {
                 issuer_name: &self.mfa.issuer_name,
@@ -591,6 +596,8 @@ struct RedactedEmail<'a> {
     require_verified: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     templates_dir: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls_ca_file: Option<String>,
 }
 
 #[derive(Serialize)]

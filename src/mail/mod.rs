@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use lettre::message::{Mailbox, MultiPart};
 use lettre::transport::smtp::authentication::Credentials;
-use lettre::transport::smtp::client::{Tls, TlsParameters};
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport as _, Message, Tokio1Executor};
 use secrecy::ExposeSecret as _;
 
@@ -262,7 +262,15 @@ impl Mailer {
             .parse()
             .map_err(|_| MailError::Transport("email.from is not an address".to_owned()))?;
         let tls = |host: &str| {
-            TlsParameters::new(host.to_owned()).map_err(|e| MailError::Transport(e.to_string()))
+            let mut builder = TlsParameters::builder(host.to_owned());
+            for der in cfg.tls_ca.iter().flat_map(|(_, certs)| certs) {
+                let cert = Certificate::from_der(der.clone())
+                    .map_err(|e| MailError::Transport(format!("email.tls_ca_file: {e}")))?;
+                builder = builder.add_root_certificate(cert);
+            }
+            builder
+                .build_rustls()
+                .map_err(|e| MailError::Transport(e.to_string()))
         };
         let builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(smtp.host.clone())
             .port(smtp.port)

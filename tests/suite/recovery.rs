@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::smtp::{SmtpServer, config_for};
+use super::smtp::{SmtpServer, TestCa, config_for};
 use crate::helpers::{PASSWORD, TestApp, assert_error, claims_of, tokens};
 
 const NEW_PASSWORD: &str = "a brand new horse battery staple";
@@ -318,27 +318,50 @@ async fn forgot_password_answers_alike_for_anyone_and_the_reset_ends_every_sessi
 #[tokio::test]
 async fn forgot_password_is_limited_per_address_and_per_ip() {
     let smtp = SmtpServer::start();
-    // The defaults (5 a minute), not the mail tests' generous ones.
+    // The default rate (5 a minute), not the mail tests' generous one; client IPs from
+    // X-Forwarded-For, so that each budget shows on its own.
     let Some(app) = TestApp::spawn_with(&format!(
-        "{}rate_limits.password = \"5/1m\"\n",
+        "{}rate_limits.password = \"5/1m\"\ntrusted_proxies = [\"127.0.0.1\"]\n",
         config_for(smtp.port).replace("rate_limits.password = \"1000/1m\"\n", "")
     ))
     .await
     else {
         return;
     };
+    let forgot = |email: &'static str, ip: String| {
+        let app = &app;
+        async move {
+            app.client
+                .post(app.url("/auth/password/forgot"))
+                .header("x-forwarded-for", ip)
+                .json(&json!({"email": email}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    // One address, asked from many places: five mails a minute at most.
     let mut statuses = Vec::new();
-    for _ in 0..7 {
-        let r = app
-            .post(
-                "/auth/password/forgot",
-                &json!({"email": "fay@example.com"}),
-            )
-            .await;
-        statuses.push(r.status().as_u16());
+    for i in 0..7 {
+        statuses.push(forgot("fay@example.com", format!("203.0.113.{i}")).await);
     }
-    assert_eq!(&statuses[..5], &[202; 5], "{statuses:?}");
-    assert!(statuses[5..].iter().all(|s| *s == 429), "{statuses:?}");
+    assert_eq!(statuses, [202, 202, 202, 202, 202, 429, 429], "per address");
+    // One client asking for many addresses: five a minute.
+    let addresses = [
+        "a@example.com",
+        "b@example.com",
+        "c@example.com",
+        "d@example.com",
+        "e@example.com",
+        "f@example.com",
+    ];
+    let mut statuses = Vec::new();
+    for email in addresses {
+        statuses.push(forgot(email, "198.51.100.7".to_owned()).await);
+    }
+    assert_eq!(statuses, [202, 202, 202, 202, 202, 429], "per IP");
 }
 
 #[tokio::test]
@@ -520,6 +543,15 @@ async fn two_nodes_send_each_message_once() {
     }
     let pending = a.state.auth.store().pending_mail().await.unwrap();
     assert_eq!(pending, 0);
+    // Sent mail stays a week for operators, then the purge deletes it.
+    let purged = a.state.auth.purge().await.unwrap();
+    assert_eq!(purged.mail, 0, "nothing is old enough yet");
+    a.clock
+        .advance(keygate::store::MAIL_RETENTION + Duration::from_secs(1));
+    let purged = a.state.auth.purge().await.unwrap();
+    // 12 verification and 24 reset messages, and the 24 expired link tokens (each user's
+    // second reset link superseded the first).
+    assert_eq!(purged.mail, 36 + 24, "{purged:?}");
 }
 
 #[tokio::test]
@@ -569,4 +601,56 @@ async fn mail_waits_while_smtp_is_down_survives_a_restart_and_goes_out_when_it_r
     let (_, body) = ready(&app).await;
     assert_eq!(body["checks"]["email"], "ok");
     assert_eq!(body["status"], "ready");
+}
+
+#[tokio::test]
+async fn mail_goes_out_over_starttls_and_implicit_tls_to_a_relay_of_a_private_ca() {
+    let ca = TestCa::new();
+    for (scheme, implicit) in [("smtp", false), ("smtps", true)] {
+        let smtp = SmtpServer::start_tls(&ca, implicit);
+        let config = format!(
+            "email.smtp_url = \"{scheme}://127.0.0.1:{}\"\n\
+             email.from = \"Keygate <no-reply@keygate.test>\"\n\
+             email.tls_ca_file = \"{}\"\n",
+            smtp.port,
+            ca.ca_path.display()
+        );
+        let Some(app) = TestApp::spawn_with(&config).await else {
+            return;
+        };
+        app.register("kim@example.com").await;
+        let mail = smtp.nth("kim@example.com", 1).await;
+        assert!(mail.link().contains("/ui/verify-email?token="), "{scheme}");
+    }
+    // Without the CA the relay's certificate is refused: nothing goes out in clear, the
+    // mail waits and /readyz says so.
+    let smtp = SmtpServer::start_tls(&ca, false);
+    let Some(app) = TestApp::spawn_with(&format!(
+        "email.smtp_url = \"smtp://127.0.0.1:{}\"\nemail.from = \"Keygate <no-reply@keygate.test>\"\n",
+        smtp.port
+    ))
+    .await
+    else {
+        return;
+    };
+    app.register("lu@example.com").await;
+    let mut failing = false;
+    for _ in 0..100 {
+        let ready: Value = app
+            .client
+            .get(app.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if ready["checks"]["email"] == "failing" {
+            failing = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(failing, "an untrusted certificate was accepted");
+    assert!(smtp.messages().is_empty());
 }

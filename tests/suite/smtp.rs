@@ -121,7 +121,51 @@ impl SmtpServer {
         })
     }
 
+    /// A server that offers STARTTLS with `ca`'s certificate for 127.0.0.1, or with
+    /// `implicit`, speaks TLS from the first byte (a TLS listener in front of a plain server).
+    pub(crate) fn start_tls(ca: &TestCa, implicit: bool) -> SmtpServer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("a free port");
+        if !implicit {
+            return Self::serve(
+                listener,
+                SslConfig::SelfSigned {
+                    cert_path: ca.cert_path.display().to_string(),
+                    key_path: ca.key_path.display().to_string(),
+                },
+            );
+        }
+        let inner = Self::start();
+        let port = listener.local_addr().unwrap().port();
+        let acceptor = ca.acceptor();
+        listener.set_nonblocking(true).unwrap();
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        let target = inner.port;
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(stream).await else {
+                        return;
+                    };
+                    let Ok(mut plain) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await
+                    else {
+                        return;
+                    };
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+                });
+            }
+        });
+        SmtpServer {
+            port,
+            all: inner.all,
+        }
+    }
+
     fn on(listener: TcpListener) -> SmtpServer {
+        Self::serve(listener, SslConfig::None)
+    }
+
+    fn serve(listener: TcpListener, ssl: SslConfig) -> SmtpServer {
         let port = listener.local_addr().unwrap().port();
         let all = Arc::new(Mutex::new(Vec::new()));
         let mut server = Server::new(Capture {
@@ -133,7 +177,7 @@ impl SmtpServer {
             .with_name("smtp.keygate.test")
             .with_num_threads(4)
             .with_tcp_listener(listener);
-        server.with_ssl(SslConfig::None).expect("no TLS");
+        server.with_ssl(ssl).expect("TLS set-up");
         std::thread::spawn(move || {
             // Runs until the process ends; an error would show as missing mail.
             let _ = server.serve();
@@ -190,4 +234,62 @@ pub(crate) fn config_for(port: u16) -> String {
          rate_limits.register = \"1000/1m\"\n\
          rate_limits.login = \"1000/1m\"\n"
     )
+}
+
+/// A throwaway certificate authority and a server certificate for `127.0.0.1` it signed, as
+/// PEM files (what an operator's private CA and relay would have).
+pub(crate) struct TestCa {
+    pub(crate) ca_path: std::path::PathBuf,
+    pub(crate) cert_path: std::path::PathBuf,
+    pub(crate) key_path: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl TestCa {
+    pub(crate) fn new() -> TestCa {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        let dir = tempfile::tempdir().unwrap();
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "Keygate test CA");
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca_params, ca_key);
+        let key = KeyPair::generate().unwrap();
+        let params = CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        let write = |name: &str, text: String| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        TestCa {
+            ca_path: write("ca.pem", ca_cert.pem()),
+            cert_path: write("server.pem", cert.pem()),
+            key_path: write("server.key", key.serialize_pem()),
+            _dir: dir,
+        }
+    }
+
+    fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+        use tokio_rustls::rustls;
+        let der = |path: &std::path::Path| {
+            pem::parse(std::fs::read(path).unwrap())
+                .unwrap()
+                .into_contents()
+        };
+        let certs = vec![CertificateDer::from(der(&self.cert_path))];
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(der(&self.key_path)));
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+        tokio_rustls::TlsAcceptor::from(Arc::new(config))
+    }
 }
