@@ -401,6 +401,9 @@ impl Auth {
             return Ok(0);
         };
         let now = self.now();
+        if !self.store.mail_due(now).await? {
+            return Ok(0);
+        }
         let taken = self
             .store
             .claim_mail(now, after(now, OUTBOX_LEASE), BATCH)

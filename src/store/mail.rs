@@ -206,6 +206,21 @@ impl Store {
         })
     }
 
+    /// Whether any message is due at `now` (a read: the senders' idle polls take no write
+    /// lock).
+    pub async fn mail_due(&self, now: OffsetDateTime) -> Result<bool, StoreError> {
+        let due: Option<i32> = on_pool!(self, read, |pool| {
+            sqlx::query_scalar(
+                "select 1 from outbox where sent_at is null and next_attempt_at <= $1 \
+                 and (locked_until is null or locked_until <= $1) limit 1",
+            )
+            .bind(to_millis(now))
+            .fetch_optional(pool)
+            .await?
+        })?;
+        Ok(due.is_some())
+    }
+
     /// Takes up to `limit` due messages for `lease`: no other sender takes them until it has
     /// passed (a sender that died holding them leaves them to the next).
     pub async fn claim_mail(

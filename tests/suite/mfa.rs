@@ -331,7 +331,8 @@ async fn the_password_grant_answers_mfa_required_and_verify_finishes_it() {
 
 #[tokio::test]
 async fn turning_two_factor_off_takes_the_password_and_a_code_and_admins_can_reset_it() {
-    let Some(app) = TestApp::spawn().await else {
+    // Two enrolments and three attempts to turn it off: more than rate_limits.password's 5.
+    let Some(app) = TestApp::spawn_with("rate_limits.password = \"100/1m\"\n").await else {
         return;
     };
     let t = app.user("eve@example.com").await;
