@@ -67,7 +67,7 @@ fn describe() {
     use ::metrics::{describe_counter, describe_gauge, describe_histogram};
     describe_counter!(
         "keygate_logins_total",
-        "Password logins by outcome (success, invalid_credentials, account_disabled, throttled)."
+        "Password logins by outcome (success, invalid_credentials, account_disabled, throttled, mfa_required, mfa_failed, email_not_verified)."
     );
     describe_counter!(
         "keygate_refreshes_total",

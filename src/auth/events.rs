@@ -131,6 +131,10 @@ fn count(e: &Event<'_>) {
     match (e.name, e.reason) {
         ("login_succeeded", _) => crate::metrics::login("success"),
         ("login_failed", Some("account_disabled")) => crate::metrics::login("account_disabled"),
+        // The password was right; the login waits for a second factor or a verified address.
+        ("login_failed", Some("mfa_required")) => crate::metrics::login("mfa_required"),
+        ("login_failed", Some("email_not_verified")) => crate::metrics::login("email_not_verified"),
+        ("mfa_failed", _) => crate::metrics::login("mfa_failed"),
         ("login_failed", _) => crate::metrics::login("invalid_credentials"),
         ("refresh_succeeded", _) if e.grace => crate::metrics::refresh("grace"),
         ("refresh_succeeded", _) => crate::metrics::refresh("success"),
