@@ -470,12 +470,12 @@ impl Auth {
             Some(id) => self.store.find_user(id).await?,
             None => self.store.find_user_by_login(&message.recipient).await?,
         };
-        let drop = |reason: &'static str| async move {
+        let close = |reason: &'static str| async move {
             tracing::info!(outbox_id = %message.id, kind = message.kind.as_str(), reason, "mail not sent");
             self.store.mail_done(&message.id, Some(reason), now).await
         };
         let Some(user) = user else {
-            drop("no_account").await?;
+            close("no_account").await?;
             return Ok(None);
         };
         let new_email = message.data["new_email"].as_str().unwrap_or_default();
@@ -483,15 +483,15 @@ impl Auth {
         let cfg = &self.config.email;
         let (purpose, page, ttl) = match message.kind {
             MailKind::VerifyEmail if user.email_verified => {
-                drop("already_verified").await?;
+                close("already_verified").await?;
                 return Ok(None);
             }
             MailKind::VerifyEmail if user.email != message.recipient => {
-                drop("address_changed").await?;
+                close("address_changed").await?;
                 return Ok(None);
             }
             MailKind::ResetPassword if !user.is_active => {
-                drop("account_disabled").await?;
+                close("account_disabled").await?;
                 return Ok(None);
             }
             MailKind::VerifyEmail => (
