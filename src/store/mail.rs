@@ -407,11 +407,30 @@ impl Store {
         token: &EmailTokenRecord,
         now: OffsetDateTime,
     ) -> Result<Option<super::UserRecord>, StoreError> {
-        self.cache.forget_user(token.user_id);
-        let sql = format!(
+        self.use_token_on_user(
+            token,
             "update users set email_verified = true, updated_at = $3 \
-             where id = $1 and email = $2 returning {USER_COLUMNS}"
-        );
+             where id = $1 and email = $2",
+            None,
+            now,
+        )
+        .await
+    }
+
+    /// In one transaction: deletes `token` (the row count makes it single-use), runs `update`
+    /// (an `UPDATE users … WHERE` on `$1` the user, `$2` the token's address, `$3` now; its
+    /// `RETURNING` is added here) and then `after` (on `$1`), committing only if the token was
+    /// there and the update found its row; else nothing changes and the answer is `None`.
+    async fn use_token_on_user(
+        &self,
+        token: &EmailTokenRecord,
+        update: &str,
+        after: Option<&'static str>,
+        now: OffsetDateTime,
+    ) -> Result<Option<super::UserRecord>, StoreError> {
+        self.cache.forget_user(token.user_id);
+        let sql = format!("{update} returning {USER_COLUMNS}");
+        let user = token.user_id.to_string();
         let row: Option<UserRow> = on_pool!(self, write, |pool| {
             let mut tx = pool.begin().await?;
             let used = sqlx::query("delete from email_tokens where id = $1")
@@ -421,7 +440,7 @@ impl Store {
                 .rows_affected();
             let row: Option<UserRow> = if used == 1 {
                 sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
-                    .bind(token.user_id.to_string())
+                    .bind(&user)
                     .bind(&token.email)
                     .bind(to_millis(now))
                     .fetch_optional(&mut *tx)
@@ -429,10 +448,13 @@ impl Store {
             } else {
                 None
             };
-            if row.is_some() {
-                tx.commit().await?;
-            } else {
-                tx.rollback().await?;
+            match (&row, after) {
+                (None, _) => tx.rollback().await?,
+                (Some(_), None) => tx.commit().await?,
+                (Some(_), Some(after)) => {
+                    sqlx::query(after).bind(&user).execute(&mut *tx).await?;
+                    tx.commit().await?
+                }
             }
             row
         })?;
@@ -507,50 +529,21 @@ impl Store {
     }
 
     /// Uses an email-change token: deletes it and moves the account to the token's address,
-    /// verified. `None` when the token was used meanwhile; [`StoreError::Conflict`] when the
-    /// address was taken since (the token stays usable).
+    /// verified (the old address's verification links die with it). `None` when the token
+    /// was used meanwhile; [`StoreError::Conflict`] when the address was taken since (the
+    /// token stays usable).
     pub async fn change_email_with_token(
         &self,
         token: &EmailTokenRecord,
         now: OffsetDateTime,
     ) -> Result<Option<super::UserRecord>, StoreError> {
-        self.cache.forget_user(token.user_id);
-        let sql = format!(
-            "update users set email = $2, email_verified = true, updated_at = $3 \
-             where id = $1 returning {USER_COLUMNS}"
-        );
-        let row: Option<UserRow> = on_pool!(self, write, |pool| {
-            let mut tx = pool.begin().await?;
-            let used = sqlx::query("delete from email_tokens where id = $1")
-                .bind(&token.id)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            let row: Option<UserRow> = if used == 1 {
-                sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
-                    .bind(token.user_id.to_string())
-                    .bind(&token.email)
-                    .bind(to_millis(now))
-                    .fetch_optional(&mut *tx)
-                    .await?
-            } else {
-                None
-            };
-            if row.is_some() {
-                // The old address's verification links die with it.
-                sqlx::query("delete from email_tokens where user_id = $1 and purpose = $2")
-                    .bind(token.user_id.to_string())
-                    .bind(TokenPurpose::VerifyEmail.as_str())
-                    .execute(&mut *tx)
-                    .await?;
-                tx.commit().await?;
-            } else {
-                tx.rollback().await?;
-            }
-            row
-        })?;
-        self.cache.forget_user(token.user_id);
-        row.map(super::UserRecord::try_from).transpose()
+        self.use_token_on_user(
+            token,
+            "update users set email = $2, email_verified = true, updated_at = $3 where id = $1",
+            Some("delete from email_tokens where user_id = $1 and purpose = 'verify_email'"),
+            now,
+        )
+        .await
     }
 
     /// Marks the user's address verified (an operator's word). Returns whether the user exists.

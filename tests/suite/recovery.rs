@@ -23,6 +23,28 @@ async fn me(app: &TestApp, access: &str) -> Value {
     r.json().await.unwrap()
 }
 
+/// `/readyz`'s status and body.
+async fn readyz(app: &TestApp) -> (u16, Value) {
+    let r = app.client.get(app.url("/readyz")).send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+/// Waits (at most 5 s) until `/readyz` says `email: failing`; it must stay 200 meanwhile.
+async fn wait_until_mail_fails(app: &TestApp) -> Value {
+    for _ in 0..100 {
+        let (status, body) = readyz(app).await;
+        assert_eq!(
+            status, 200,
+            "a failing SMTP server never makes the node unready"
+        );
+        if body["checks"]["email"] == "failing" {
+            return body;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("/readyz did not say mail is failing");
+}
+
 /// The one message for every bad token, whatever made it bad.
 async fn assert_invalid_code(r: reqwest::Response) {
     let body = assert_error(r, 400, "invalid_code").await;
@@ -495,15 +517,7 @@ async fn without_smtp_the_mail_endpoints_answer_503_and_nothing_needs_verifying(
             "{path}"
         );
     }
-    let ready: Value = app
-        .client
-        .get(app.url("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, ready) = readyz(&app).await;
     assert_eq!(ready["checks"]["email"], "not_configured");
 }
 
@@ -563,29 +577,8 @@ async fn mail_waits_while_smtp_is_down_survives_a_restart_and_goes_out_when_it_r
     };
     // The request succeeds: the mail is queued, not sent.
     app.register("jo@example.com").await;
-    let ready = |app: &TestApp| {
-        let url = app.url("/readyz");
-        let client = app.client.clone();
-        async move {
-            let r = client.get(url).send().await.unwrap();
-            (r.status().as_u16(), r.json::<Value>().await.unwrap())
-        }
-    };
-    let mut degraded = false;
-    for _ in 0..100 {
-        let (status, body) = ready(&app).await;
-        assert_eq!(
-            status, 200,
-            "a failing SMTP server never makes the node unready"
-        );
-        if body["status"] == "degraded" {
-            assert_eq!(body["checks"]["email"], "failing");
-            degraded = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(degraded, "readyz did not say mail is failing");
+    let body = wait_until_mail_fails(&app).await;
+    assert_eq!(body["status"], "degraded");
     assert_eq!(app.state.auth.store().pending_mail().await.unwrap(), 1);
 
     // A restart (the process is gone; the outbox is in the database).
@@ -598,7 +591,7 @@ async fn mail_waits_while_smtp_is_down_survives_a_restart_and_goes_out_when_it_r
         .post("/auth/email/verify", &json!({"token": mail.token()}))
         .await;
     assert_eq!(r.status(), 204);
-    let (_, body) = ready(&app).await;
+    let (_, body) = readyz(&app).await;
     assert_eq!(body["checks"]["email"], "ok");
     assert_eq!(body["status"], "ready");
 }
@@ -634,23 +627,7 @@ async fn mail_goes_out_over_starttls_and_implicit_tls_to_a_relay_of_a_private_ca
         return;
     };
     app.register("lu@example.com").await;
-    let mut failing = false;
-    for _ in 0..100 {
-        let ready: Value = app
-            .client
-            .get(app.url("/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if ready["checks"]["email"] == "failing" {
-            failing = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(failing, "an untrusted certificate was accepted");
+    // The delivery fails: an untrusted certificate is never accepted.
+    wait_until_mail_fails(&app).await;
     assert!(smtp.messages().is_empty());
 }
