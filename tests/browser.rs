@@ -996,6 +996,13 @@ async fn two_factor_is_turned_on_from_the_account_page_and_asked_at_login() {
     let email = "ida@example.com";
     kg.register(email).await;
     log_in(&browser, &kg, email, PASSWORD).await;
+    // Without mail the page offers nothing mail-related (and calls nothing unverified).
+    assert_eq!(
+        browser
+            .eval("['profile-email-status', 'verify-section', 'email-section'].map(id => document.getElementById(id).hidden)")
+            .await,
+        json!([true, true, true])
+    );
 
     browser.fill("#mfa-start-password", PASSWORD).await;
     browser.click("#mfa-start button[type=submit]").await;

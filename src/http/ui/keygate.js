@@ -336,6 +336,8 @@ async function loadProfile() {
   const status = byId("profile-email-status");
   status.textContent = r.data.email_verified ? "Verified" : "Not verified yet";
   status.className = `hint ${r.data.email_verified ? "verified" : "unverified"}`;
+  // Without mail nothing can be verified: say nothing rather than "not verified".
+  status.hidden = !mailOn() && !r.data.email_verified;
   byId("verify-section").hidden = !mailOn() || r.data.email_verified;
   byId("email-section").hidden = !mailOn();
   showMfa(r.data.mfa_enabled);
