@@ -590,6 +590,16 @@ pub const MAX_REFRESH_TOKEN_LEN: usize = 128;
 /// Changing the format below invalidates every refresh token in circulation.
 const SECRET_LEN: usize = 32;
 
+/// Whether `id` is a token's id as Keygate writes it: 32 lower-case hex digits. The UUID
+/// parser would also take upper case, which would give one token two spellings (found by
+/// `tests/properties.rs`).
+fn is_canonical_id(id: &str) -> bool {
+    id.len() == 32
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 /// A refresh token's plaintext: shown to the client once, never stored, never logged.
 #[derive(Clone)]
 pub struct RefreshToken {
@@ -643,7 +653,7 @@ impl RefreshToken {
             return None;
         }
         let (id, secret) = s.split_once('.')?;
-        if id.len() != 32 {
+        if !is_canonical_id(id) {
             return None;
         }
         let session_id = SessionId::parse(&Uuid::try_parse(id).ok()?.hyphenated().to_string())?;
@@ -769,7 +779,7 @@ impl LinkToken {
             return None;
         }
         let (id, secret) = s.split_once('.')?;
-        if id.len() != 32 {
+        if !is_canonical_id(id) {
             return None;
         }
         Some(LinkToken {
