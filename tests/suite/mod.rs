@@ -25,6 +25,7 @@ mod resource_server;
 mod services;
 mod sessions;
 pub(crate) mod smtp;
+mod state_machine;
 mod store;
 mod tokens;
 pub(crate) mod totp;
