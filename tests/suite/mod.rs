@@ -22,6 +22,7 @@ mod recovery;
 mod redis;
 mod refresh;
 mod resource_server;
+mod rotation_race;
 mod services;
 mod sessions;
 pub(crate) mod smtp;
