@@ -258,19 +258,11 @@ impl Auth {
                 None
             }
         };
-        let password = match password.as_deref() {
-            None => {
-                errors.insert("password", FieldError::Required.to_string());
-                None
-            }
-            Some(p) => match Password::presented(p, self.config.password.max_length) {
-                Ok(p) => Some(p),
-                Err(e) => {
-                    errors.insert("password", e.to_string());
-                    None
-                }
-            },
-        };
+        let password = super::presented_password(
+            &mut errors,
+            password.as_deref(),
+            self.config.password.max_length,
+        );
         let (Some(new_email), Some(password), true) = (new_email, password, errors.is_empty())
         else {
             return Err(AuthError::Validation(errors));

@@ -442,12 +442,9 @@ fn required(field: &'static str) -> AuthError {
 }
 
 fn presented_password(password: Option<String>, max: usize) -> Result<Password, AuthError> {
-    let password = password.ok_or_else(|| required("password"))?;
-    Password::presented(&password, max).map_err(|e| {
-        let mut errors = FieldErrors::new();
-        errors.insert("password", e.to_string());
-        AuthError::Validation(errors)
-    })
+    let mut errors = FieldErrors::new();
+    super::presented_password(&mut errors, password.as_deref(), max)
+        .ok_or(AuthError::Validation(errors))
 }
 
 #[cfg(test)]

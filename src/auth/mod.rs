@@ -131,6 +131,22 @@ impl From<TokenError> for AuthError {
     }
 }
 
+/// A presented (not new) password in the `password` field: required and at most `max`
+/// characters; a problem goes into `errors`.
+pub(crate) fn presented_password(
+    errors: &mut FieldErrors,
+    password: Option<&str>,
+    max: usize,
+) -> Option<crate::domain::Password> {
+    let result = match password {
+        None => Err(crate::domain::FieldError::Required),
+        Some(p) => crate::domain::Password::presented(p, max),
+    };
+    result
+        .map_err(|e| errors.insert("password", e.to_string()))
+        .ok()
+}
+
 /// `e` and its sources, for the log. Library errors here carry no secrets (sqlx does not
 /// echo bound values).
 pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {

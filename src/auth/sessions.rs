@@ -76,19 +76,11 @@ impl Auth {
         if login.as_deref().is_none_or(|l| l.trim().is_empty()) {
             errors.insert("email", FieldError::Required.to_string());
         }
-        let password = match password.as_deref() {
-            None => {
-                errors.insert("password", FieldError::Required.to_string());
-                None
-            }
-            Some(p) => match Password::presented(p, self.config.password.max_length) {
-                Ok(p) => Some(p),
-                Err(e) => {
-                    errors.insert("password", e.to_string());
-                    None
-                }
-            },
-        };
+        let password = super::presented_password(
+            &mut errors,
+            password.as_deref(),
+            self.config.password.max_length,
+        );
         let (Some(login), Some(password), true) = (login, password, errors.is_empty()) else {
             return Err(AuthError::Validation(errors));
         };
