@@ -48,6 +48,12 @@ impl ManualClock {
         let mut now = self.now.lock().unwrap_or_else(|e| e.into_inner());
         *now += by;
     }
+
+    /// Moves the clock back, as a system clock does when it is corrected.
+    pub fn rewind(&self, by: Duration) {
+        let mut now = self.now.lock().unwrap_or_else(|e| e.into_inner());
+        *now -= by;
+    }
 }
 
 impl Default for ManualClock {

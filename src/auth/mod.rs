@@ -109,7 +109,15 @@ impl From<StoreError> for AuthError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Conflict(what) => AuthError::Conflict(what),
-            StoreError::Unavailable(_) => AuthError::Unavailable,
+            StoreError::Unavailable(e) => {
+                if crate::store::is_disk_full(&e) {
+                    tracing::error!(
+                        "the database's disk is full: writes answer 503 until space is freed \
+                         (reads go on)"
+                    );
+                }
+                AuthError::Unavailable
+            }
             StoreError::LastHolder => AuthError::Forbidden(admin::LAST_ADMINISTRATOR),
             other => AuthError::Internal(error_chain(&other)),
         }

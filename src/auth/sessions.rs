@@ -55,6 +55,21 @@ fn seconds_until(t: OffsetDateTime, now: OffsetDateTime) -> i64 {
     (t - now).whole_seconds().max(0)
 }
 
+/// Whether a token rotated away at `rotated_at` is still inside the grace window at `now`:
+/// less than `grace` has passed, and the rotation is not later than `now` by more than the
+/// clock leeway. Nodes' clocks may differ by the leeway; a rotation further in the future means
+/// the clock went back, and the window would otherwise stay open until the clock caught up
+/// (an hour back: an hour in which a stolen previous token gets the successor). Beyond it the
+/// previous token counts as reuse.
+fn inside_grace(
+    rotated_at: OffsetDateTime,
+    now: OffsetDateTime,
+    grace: Duration,
+    leeway: Duration,
+) -> bool {
+    now < later(rotated_at, grace) && rotated_at <= later(now, leeway)
+}
+
 fn later(now: OffsetDateTime, by: Duration) -> OffsetDateTime {
     now.checked_add(time::Duration::try_from(by).unwrap_or(time::Duration::MAX))
         .unwrap_or(OffsetDateTime::new_utc(
@@ -417,9 +432,9 @@ impl Auth {
                 .await;
             return Err(AuthError::InvalidRefreshToken);
         }
-        let within_grace = session
-            .rotated_at
-            .is_some_and(|at| now < later(at, self.config.refresh_reuse_grace));
+        let within_grace = session.rotated_at.is_some_and(|at| {
+            inside_grace(at, now, self.config.refresh_reuse_grace, self.config.leeway)
+        });
         let successor = session.sealed_successor.as_deref().and_then(|sealed| {
             token.open(
                 sealed,
@@ -521,7 +536,7 @@ impl Auth {
         client: &ClientInfo,
     ) -> Result<(), AuthError> {
         let now = self.now();
-        let grace = self.config.refresh_reuse_grace;
+        let (grace, leeway) = (self.config.refresh_reuse_grace, self.config.leeway);
         let from_refresh = match refresh {
             None => None,
             Some(text) => {
@@ -538,7 +553,8 @@ impl Auth {
                             && if current {
                                 s.refresh_expires_at > now
                             } else {
-                                s.rotated_at.is_some_and(|at| now < later(at, grace))
+                                s.rotated_at
+                                    .is_some_and(|at| inside_grace(at, now, grace, leeway))
                             };
                         (current || previous).then_some((s.user_id, s.id, fresh))
                     })

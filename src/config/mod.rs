@@ -364,6 +364,24 @@ impl Config {
         Self::from_figment(Figment::from(Toml::string(toml)))
     }
 
+    /// Parses a TOML document with environment variables layered over it, as [`Config::load`]
+    /// does with a file and the process environment, but from the given values: `vars` are
+    /// `(NAME, value)` with names as in the environment (`KEYGATE_RATE_LIMITS__ENABLED`);
+    /// names without the `KEYGATE_` prefix are ignored, as the environment's are. For the
+    /// configuration fuzz target and for embedding.
+    pub fn from_toml_and_environment(
+        toml: &str,
+        vars: impl Iterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let figment = Figment::from(Toml::string(toml));
+        // The names as Figment's `Env::prefixed("KEYGATE_").split("__")` gives them.
+        let vars = vars.filter_map(|(name, value)| {
+            let key = name.strip_prefix("KEYGATE_")?;
+            (!key.is_empty()).then(|| (key.to_ascii_lowercase().replace("__", "."), value))
+        });
+        Self::from_figment(merge_strings(figment, environment_pairs(vars)))
+    }
+
     fn from_figment(figment: Figment) -> Result<Config, ConfigError> {
         let raw: RawConfig = figment.extract().map_err(|e| {
             // Figment's message names the key and the source; never echo a value.

@@ -124,6 +124,13 @@ impl StateStore for Snapshot {
     }
 }
 
+/// How far ahead of this node's clock a stored limiter state may be and still count. A state
+/// further ahead was written by a clock that has since gone back (an NTP step, a node whose
+/// clock is ahead by more than this): it is dropped, or every client counted recently would
+/// wait out the whole jump (found by `suite::faults`: an hour back, an hour of 429s). Nodes'
+/// clocks within this of each other share budgets exactly; the default leeway is the same.
+const CLOCK_STEP_MARGIN: Duration = Duration::from_secs(30);
+
 /// A GCRA budget (governor's algorithm) whose state lives in the [`Kv`] under one key per
 /// client: read, decide, compare-and-set, retried when another request got there first.
 struct Budget {
@@ -131,6 +138,9 @@ struct Budget {
     per_cell: Duration,
     ttl: Duration,
     prefix: String,
+    /// The furthest ahead of now a state can legitimately be: the whole budget's worth,
+    /// plus [`CLOCK_STEP_MARGIN`], in nanoseconds.
+    max_ahead: u64,
 }
 
 impl Budget {
@@ -145,6 +155,8 @@ impl Budget {
             per_cell,
             ttl: rate.period + Duration::from_secs(1),
             prefix,
+            max_ahead: u64::try_from((rate.period + CLOCK_STEP_MARGIN).as_nanos())
+                .unwrap_or(u64::MAX),
         }
     }
 
@@ -174,7 +186,10 @@ impl Budget {
         for _ in 0..CAS_ATTEMPTS {
             let now = Nanos::from(u64::try_from(clock.now().unix_timestamp_nanos()).unwrap_or(0));
             let old = kv.get(&key).await;
-            let read = old.as_deref().and_then(|v| v.parse::<u64>().ok());
+            let read = old
+                .as_deref()
+                .and_then(|v| v.parse::<u64>().ok())
+                .filter(|at| *at <= now.as_u64().saturating_add(self.max_ahead));
             let next = self.decide(read.map(Nanos::from), now)?;
             if kv
                 .compare_and_set(&key, old.as_deref(), &next.as_u64().to_string(), self.ttl)
@@ -208,6 +223,21 @@ impl Backoff {
 
     fn render(self) -> String {
         format!("{}:{}:{}", self.failures, self.first_ms, self.next_ms)
+    }
+
+    /// The state as it counts at `now_ms`: one written by a clock that has since gone back
+    /// by more than [`CLOCK_STEP_MARGIN`] (its first failure that far in the future, or a wait
+    /// longer than any `rate` gives) starts over.
+    fn seen_at(self, now_ms: i64, rate: Rate) -> Backoff {
+        let margin = i64::try_from(CLOCK_STEP_MARGIN.as_millis()).unwrap_or(i64::MAX);
+        let period_ms = i64::try_from(rate.period.as_millis()).unwrap_or(i64::MAX);
+        if self.first_ms > now_ms.saturating_add(margin)
+            || self.next_ms > now_ms.saturating_add(period_ms).saturating_add(margin)
+        {
+            Backoff::default()
+        } else {
+            self
+        }
     }
 
     /// The state after one more failure at `now_ms` under `rate`.
@@ -451,7 +481,7 @@ impl Limits {
             let now = to_millis(self.clock.now());
             let old = self.accounts.get(&key).await;
             let before = old.as_deref().and_then(Backoff::parse);
-            let state = before.unwrap_or_default();
+            let state = before.unwrap_or_default().seen_at(now, rate);
             if honour_wait && state.next_ms > now {
                 let ms = u64::try_from(state.next_ms - now).unwrap_or(0);
                 return Err(RetryAfter(Duration::from_millis(ms)));

@@ -85,6 +85,11 @@ impl From<sqlx::Error> for StoreError {
             {
                 StoreError::Unavailable(e)
             }
+            // SQLITE_FULL: the disk (or the file system's quota) is full. Writes fail until
+            // space is freed; reads go on. An answer to retry, not a server fault.
+            sqlx::Error::Database(db) if db.code().as_deref() == Some("13") => {
+                StoreError::Unavailable(e)
+            }
             sqlx::Error::Database(db) if db.is_unique_violation() => {
                 // SQLite names the column ("UNIQUE constraint failed: users.email"),
                 // PostgreSQL the constraint ("users_email_key"): both contain the column.
@@ -154,6 +159,12 @@ pub(crate) use on_pool;
 
 /// Failures worth running the statement again for: PostgreSQL's serialization failure and
 /// deadlock, SQLite's busy and locked (another process holds the write lock past the timeout).
+/// Whether `e` says the database's disk is full (SQLite's `SQLITE_FULL`; PostgreSQL's
+/// `disk_full`, 53100).
+pub fn is_disk_full(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("13" | "53100")))
+}
+
 pub(crate) fn is_transient(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Database(db) => matches!(
@@ -229,6 +240,17 @@ impl Store {
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(cfg.database_acquire_timeout)
+            // A connection must come back with no transaction open. After SQLite gives up a
+            // transaction by itself (SQLITE_FULL: the disk is full), the pool's own rollback
+            // fails and the connection kept the write lock, so every later write waited out
+            // the busy timeout (found by `disk_full`). A rollback that succeeds here means a
+            // transaction was left open: the connection is closed, and its lock with it.
+            .after_release(|conn, _| {
+                Box::pin(async move {
+                    let was_open = sqlx::query("rollback").execute(&mut *conn).await.is_ok();
+                    Ok(!was_open)
+                })
+            })
             .connect_with(opts.clone())
             .await?;
         let batcher = batch::Batcher::start(opts.clone()).await?;

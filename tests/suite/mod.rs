@@ -10,6 +10,7 @@ mod cookies;
 mod cors;
 mod errors;
 mod families;
+mod faults;
 pub(crate) mod interop;
 mod keys;
 mod logout;

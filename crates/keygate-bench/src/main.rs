@@ -11,12 +11,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use http_body_util::{BodyExt as _, Full};
-use hyper::body::Bytes;
-use hyper::{Method, Request};
-use hyper_util::rt::TokioIo;
+use hyper::Method;
+use keygate_bench::{Body, Conn, cookie_value, fresh_schema, percentile};
 use serde_json::{Value, json};
-use tokio::net::TcpStream;
 
 const PASSWORD: &str = "correct horse battery staple";
 
@@ -80,94 +77,6 @@ fn options() -> Options {
     o
 }
 
-/// One HTTP/1.1 keep-alive connection.
-struct Conn {
-    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
-}
-
-impl Conn {
-    async fn open(addr: &str) -> Result<Conn, String> {
-        let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-        let _ = stream.set_nodelay(true);
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| e.to_string())?;
-        tokio::spawn(conn);
-        Ok(Conn { sender })
-    }
-
-    async fn call(
-        &mut self,
-        method: Method,
-        path: &str,
-        bearer: Option<&str>,
-        body: Option<&Value>,
-    ) -> Result<(u16, Bytes), String> {
-        let headers: Vec<(&str, String)> = bearer
-            .map(|token| ("authorization", format!("Bearer {token}")))
-            .into_iter()
-            .collect();
-        self.call_with(method, path, &headers, body.map_or(Body::Empty, Body::Json))
-            .await
-            .map(|(status, _, bytes)| (status, bytes))
-    }
-
-    /// A request with `headers`; the status, the `Set-Cookie` values and the body.
-    async fn call_with(
-        &mut self,
-        method: Method,
-        path: &str,
-        headers: &[(&str, String)],
-        body: Body<'_>,
-    ) -> Result<(u16, Vec<String>, Bytes), String> {
-        let mut req = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", "bench");
-        for (name, value) in headers {
-            req = req.header(*name, value.as_str());
-        }
-        let body = match body {
-            Body::Json(v) => {
-                req = req.header("content-type", "application/json");
-                Full::new(Bytes::from(v.to_string()))
-            }
-            Body::Form(form) => {
-                req = req.header("content-type", "application/x-www-form-urlencoded");
-                Full::new(Bytes::from(form))
-            }
-            Body::Empty => Full::new(Bytes::new()),
-        };
-        self.sender.ready().await.map_err(|e| e.to_string())?;
-        let resp = self
-            .sender
-            .send_request(req.body(body).map_err(|e| e.to_string())?)
-            .await
-            .map_err(|e| e.to_string())?;
-        let status = resp.status().as_u16();
-        let cookies = resp
-            .headers()
-            .get_all("set-cookie")
-            .iter()
-            .filter_map(|v| v.to_str().ok().map(str::to_owned))
-            .collect();
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        Ok((status, cookies, bytes))
-    }
-}
-
-/// A request body.
-enum Body<'a> {
-    Empty,
-    Json(&'a Value),
-    Form(String),
-}
-
 /// The OAuth client the benchmark's server is configured with (for introspection).
 const CLIENT_ID: &str = "bench-rs";
 const CLIENT_SECRET: &str = "benchmark resource server secret";
@@ -193,15 +102,6 @@ struct CookieSession {
     csrf: String,
 }
 
-/// The value of cookie `name` among `Set-Cookie` header values.
-fn cookie_value(set_cookies: &[String], name: &str) -> Option<String> {
-    set_cookies
-        .iter()
-        .filter_map(|v| cookie::Cookie::parse(v.as_str()).ok())
-        .find(|c| c.name() == name)
-        .map(|c| c.value().to_owned())
-}
-
 #[derive(Debug, Default, Clone)]
 struct Outcome {
     requests: u64,
@@ -209,14 +109,6 @@ struct Outcome {
     rps: f64,
     p50_ms: f64,
     p99_ms: f64,
-}
-
-fn percentile(sorted: &[u32], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    f64::from(sorted[idx]) / 1000.0
 }
 
 /// Runs `work` on `connections` connections for warmup + duration; measures the duration.
@@ -825,25 +717,6 @@ fn failed_scenarios(report: &Value) -> Vec<String> {
         }
     }
     failed
-}
-
-/// A fresh schema in the PostgreSQL database named by `base`.
-async fn fresh_schema(base: &str) -> String {
-    use sqlx::Connection as _;
-    let schema = format!(
-        "kg_bench_{}",
-        &uuid::Uuid::now_v7().simple().to_string()[20..]
-    );
-    let mut conn = sqlx::PgConnection::connect(base)
-        .await
-        .expect("connect to PostgreSQL");
-    sqlx::query(sqlx::AssertSqlSafe(format!("create schema {schema}")))
-        .execute(&mut conn)
-        .await
-        .expect("create schema");
-    let _ = conn.close().await;
-    let sep = if base.contains('?') { '&' } else { '?' };
-    format!("{base}{sep}options=-c%20search_path%3D{schema}")
 }
 
 #[cfg(test)]
