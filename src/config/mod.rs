@@ -385,9 +385,10 @@ impl Config {
     fn from_figment(figment: Figment) -> Result<Config, ConfigError> {
         let raw: RawConfig = figment.extract().map_err(|e| {
             // Figment's message names the key and the source; never echo a value.
-            let mut msg = format!("invalid configuration: {}", e.kind);
+            let kind = describe_without_values(&e.kind);
+            let mut msg = format!("invalid configuration: {kind}");
             if !e.path.is_empty() {
-                msg = format!("invalid configuration `{}`: {}", e.path.join("."), e.kind);
+                msg = format!("invalid configuration `{}`: {kind}", e.path.join("."));
             }
             if let Some(figment::Source::File(path)) =
                 e.metadata.as_ref().and_then(|m| m.source.as_ref())
@@ -539,6 +540,31 @@ fn environment_pairs(
     vars: impl Iterator<Item = (String, String)>,
 ) -> impl Iterator<Item = (String, String)> {
     vars.filter(|(k, _)| k != "config" && !k.starts_with("test_"))
+}
+
+/// A configuration error's text without any value from the configuration: a wrong type or
+/// value says what was expected, not what was found, and a TOML syntax error keeps its line,
+/// column and reason but not its excerpt of the file (the line may hold a secret; found by the
+/// configuration fuzz target: a typo in a `secret = "…"` line printed the secret).
+fn describe_without_values(kind: &figment::error::Kind) -> String {
+    use figment::error::Kind;
+    match kind {
+        Kind::InvalidType(_, expected) => format!("invalid type: expected {expected}"),
+        Kind::InvalidValue(_, expected) => format!("invalid value: expected {expected}"),
+        other => other
+            .to_string()
+            .lines()
+            .filter(|line| {
+                let t = line.trim_start();
+                let excerpt = t.starts_with('|')
+                    || t.split_once(" |").is_some_and(|(n, _)| {
+                        !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
+                    });
+                !excerpt
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
+    }
 }
 
 /// Layers `key = value` pairs over `figment` as plain strings. (Figment's own environment
@@ -1798,10 +1824,50 @@ mod tests {
         );
         let e = err("max_connections_per_ip = \"many\"");
         assert!(e.contains("`max_connections_per_ip`"), "{e}");
+        let e = err("[[oauth.clients]]\nid = \"rs\"\nsecret = \"hunter2-\\ typo\"\n");
+        assert!(
+            !e.contains("hunter2"),
+            "a syntax error does not echo the line: {e}"
+        );
+        assert!(e.contains("line 3"), "{e}");
+        let e = err("[[oauth.clients]]\nid = \"rs\"\nsecret = 123456789\n");
+        assert!(
+            !e.contains("123456789"),
+            "a wrong type does not echo the value: {e}"
+        );
         let e = err("password.memory_kib = 1024");
         assert!(e.contains("`password.memory_kib`"), "{e}");
         let e = err("signing.algorithm = \"none\"");
         assert!(e.contains("`signing.algorithm`"), "{e}");
+    }
+
+    #[test]
+    fn variables_layer_over_the_file_as_the_environment_does() {
+        let vars = [
+            ("KEYGATE_RATE_LIMITS__ENABLED", "false"),
+            ("KEYGATE_ACCESS_TTL", "5m"),
+            ("OTHER_PROGRAM_SETTING", "ignored"),
+            ("KEYGATE_", "ignored"),
+        ];
+        let c = Config::from_toml_and_environment(
+            "access_ttl = \"10m\"\nrefresh_ttl = \"7d\"",
+            vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        )
+        .unwrap();
+        assert!(!c.rate_limits.enabled);
+        assert_eq!(
+            c.access_ttl,
+            std::time::Duration::from_secs(300),
+            "the variable wins"
+        );
+        assert_eq!(c.refresh_ttl, std::time::Duration::from_secs(7 * 86_400));
+        let e = Config::from_toml_and_environment(
+            "",
+            [("KEYGATE_ACCESS_TTL".to_owned(), "soon".to_owned())].into_iter(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("access_ttl"), "{e}");
     }
 
     #[test]

@@ -51,6 +51,9 @@ struct Args {
     interval: Duration,
     /// Minutes of the soak that are warm-up (not judged for flatness).
     warmup_minutes: f64,
+    /// Checks the checker (crash): after the first kill, one acknowledged registration is
+    /// deleted and one acknowledged session ended behind the server's back; the run must fail.
+    tamper: bool,
 }
 
 fn args() -> Args {
@@ -70,6 +73,7 @@ fn args() -> Args {
             .map_or(1, |d| d.as_secs()),
         interval: Duration::from_secs(10),
         warmup_minutes: 5.0,
+        tamper: false,
     };
     let mut i = 1;
     while i < argv.len() {
@@ -92,6 +96,11 @@ fn args() -> Args {
             "--seed" => a.seed = number("--seed") as u64,
             "--interval" => a.interval = Duration::from_secs_f64(number("--interval")),
             "--warmup" => a.warmup_minutes = number("--warmup"),
+            "--tamper" => {
+                a.tamper = true;
+                i += 1;
+                continue;
+            }
             other => {
                 eprintln!("unknown argument {other}; see docs/RELIABILITY.md");
                 std::process::exit(2);
@@ -911,6 +920,45 @@ async fn check_database(url: &str, sqlite: bool) -> Result<Vec<String>, String> 
     Ok(failures)
 }
 
+/// `--tamper`: loses one acknowledged registration and one acknowledged session's liveness,
+/// as a broken server would, so that a run shows its checks can fail.
+async fn tamper(url: &str, sqlite: bool, ledger: &Mutex<Ledger>) {
+    use sqlx::Connection as _;
+    let (email, session) = {
+        let l = ledger.lock().expect("ledger");
+        let session = l.sessions.values().find_map(|s| match s {
+            Session::Live { current, user, .. } if Some(user) != l.users.first() => {
+                let id = uuid::Uuid::try_parse(current.split('.').next()?).ok()?;
+                Some(id.hyphenated().to_string())
+            }
+            _ => None,
+        });
+        (l.users.first().cloned(), session)
+    };
+    let statements = [
+        ("delete from users where email = $1", email),
+        (
+            "update sessions set revoked_at = created_at, revoked_reason = 'tampered' where id = $1",
+            session,
+        ),
+    ];
+    for (sql, value) in statements {
+        let Some(value) = value else { continue };
+        let done = if sqlite {
+            match sqlx::SqliteConnection::connect(url).await {
+                Ok(mut c) => sqlx::query(sql).bind(&value).execute(&mut c).await.is_ok(),
+                Err(_) => false,
+            }
+        } else {
+            match sqlx::PgConnection::connect(url).await {
+                Ok(mut c) => sqlx::query(sql).bind(&value).execute(&mut c).await.is_ok(),
+                Err(_) => false,
+            }
+        };
+        println!("tampered ({sql}): {done}");
+    }
+}
+
 /// Every acknowledged registration is a row (all of them, by SQL).
 async fn check_users_exist(url: &str, sqlite: bool, users: &[String]) -> Result<usize, String> {
     use sqlx::Connection as _;
@@ -1045,6 +1093,9 @@ async fn crash(args: &Args) -> bool {
             "kill {k} after {:.1} s of load: {acknowledged} acknowledged so far, {in_doubt} in doubt",
             run_for.as_secs_f64()
         );
+        if args.tamper && k == 1 {
+            tamper(&check_url, sqlite, &ledger).await;
+        }
         match check_database(&check_url, sqlite).await {
             Ok(broken) => {
                 failures.extend(broken.into_iter().map(|b| format!("after kill {k}: {b}")))
@@ -1290,7 +1341,8 @@ fn plot(path: &Path, title: &str, samples: &[Sample]) -> Result<(), String> {
         let mut chart = ChartBuilder::on(panel)
             .caption(*name, ("sans-serif", 15))
             .margin(6)
-            .x_label_area_size(24)
+            .margin_right(24)
+            .x_label_area_size(36)
             .y_label_area_size(56)
             .build_cartesian_2d(0.0..x_max, 0.0..y_max)
             .map_err(|e| e.to_string())?;
