@@ -1855,12 +1855,8 @@ mod tests {
         )
         .unwrap();
         assert!(!c.rate_limits.enabled);
-        assert_eq!(
-            c.access_ttl,
-            std::time::Duration::from_secs(300),
-            "the variable wins"
-        );
-        assert_eq!(c.refresh_ttl, std::time::Duration::from_secs(7 * 86_400));
+        assert_eq!(c.access_ttl, Duration::from_secs(300), "the variable wins");
+        assert_eq!(c.refresh_ttl, Duration::from_secs(7 * 86_400));
         let e = Config::from_toml_and_environment(
             "",
             [("KEYGATE_ACCESS_TTL".to_owned(), "soon".to_owned())].into_iter(),
