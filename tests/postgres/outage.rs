@@ -32,20 +32,29 @@ fn via(url: &str, to: SocketAddr) -> (SocketAddr, String) {
     (upstream, format!("{scheme}://{at}{to}{}", &rest[end..]))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn requests_get_503_while_the_database_is_unreachable_and_recover_by_themselves() {
+/// A fresh PostgreSQL schema behind a proxy the test can cut, and Keygate on it (a 2 s acquire
+/// timeout, a manual clock, `extra` configuration). `None` when the PostgreSQL suite is off.
+async fn proxied_app(extra: &str) -> Option<(Proxy, TestApp)> {
     let Some(TestDb::Postgres { url }) = TestDb::fresh().await else {
-        return;
+        return None;
     };
     let (upstream, _) = via(&url, "127.0.0.1:1".parse().unwrap());
-    let mut proxy = Proxy::start(upstream).await;
+    let proxy = Proxy::start(upstream).await;
     let (_, proxied) = via(&url, proxy.addr);
     let app = TestApp::spawn_on(
         TestDb::Postgres { url: proxied },
-        "database_acquire_timeout = \"2s\"",
+        &format!("database_acquire_timeout = \"2s\"\n{extra}"),
         std::sync::Arc::new(keygate::clock::ManualClock::new()),
     )
     .await;
+    Some((proxy, app))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_get_503_while_the_database_is_unreachable_and_recover_by_themselves() {
+    let Some((mut proxy, app)) = proxied_app("").await else {
+        return;
+    };
     let t = app.user("ada@example.com").await;
     assert_eq!(app.me_status(&t.access).await, 200);
 
@@ -131,18 +140,11 @@ async fn a_database_on_a_closed_port_fails_start_up_with_a_clear_error() {
 /// not move here), so the token the client still holds gets the successor it missed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cut_in_the_middle_of_transactions_loses_nothing_acknowledged() {
-    let Some(TestDb::Postgres { url }) = TestDb::fresh().await else {
+    // Eight registrations and back-to-back refreshes from one address: rate limits would
+    // answer 429 long before the cut, and this test is about the cut.
+    let Some((mut proxy, app)) = proxied_app("rate_limits.enabled = false").await else {
         return;
     };
-    let (upstream, _) = via(&url, "127.0.0.1:1".parse().unwrap());
-    let mut proxy = Proxy::start(upstream).await;
-    let (_, proxied) = via(&url, proxy.addr);
-    let app = TestApp::spawn_on(
-        TestDb::Postgres { url: proxied },
-        "database_acquire_timeout = \"2s\"",
-        std::sync::Arc::new(keygate::clock::ManualClock::new()),
-    )
-    .await;
     let mut clients = Vec::new();
     for i in 0..8 {
         clients.push(app.user(&format!("client{i}@example.com")).await.refresh);
