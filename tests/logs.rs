@@ -37,6 +37,12 @@ fn serve(
         .env("RUST_LOG", "debug")
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
+    // The server reads every KEYGATE_* variable as configuration: none of the caller's.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("KEYGATE_") {
+            command.env_remove(k);
+        }
+    }
     for (k, v) in env {
         command.env(k, v);
     }

@@ -1,8 +1,8 @@
 //! What Keygate's load tools share (docs/PERFORMANCE.md, docs/RELIABILITY.md): a minimal
-//! HTTP/1.1 keep-alive client, cookie reading, percentiles and fresh PostgreSQL schemas. The
-//! binaries: `keygate-bench` (throughput as ratios to `/healthz`) and `keygate-torture`
-//! (`crash`: kill -9 under load and check nothing acknowledged is lost; `soak`: hours of mixed
-//! load sampled every 10 s).
+//! HTTP/1.1 keep-alive client, the server's command line, cookie reading, percentiles and fresh
+//! PostgreSQL schemas. The binaries: `keygate-bench` (throughput as ratios to `/healthz`) and
+//! `keygate-torture` (`crash`: kill -9 under load and check nothing acknowledged is lost;
+//! `soak`: hours of mixed load sampled every 10 s).
 
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Bytes;
@@ -97,6 +97,21 @@ pub enum Body<'a> {
     Empty,
     Json(&'a Value),
     Form(String),
+}
+
+/// A command that runs the Keygate binary at `binary` with no `KEYGATE_*` variable from this
+/// process's environment: the server reads every `KEYGATE_*` variable as configuration and
+/// refuses unknown ones, so a harness's own settings (`KEYGATE_TORTURE_BIN_DIR`,
+/// `KEYGATE_SOAK_ARGS`, …) or the caller's shell must not reach it. The caller sets what the
+/// run needs with `.env(…)`.
+pub fn keygate_command(binary: &std::path::Path) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(binary);
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("KEYGATE_") {
+            command.env_remove(&name);
+        }
+    }
+    command
 }
 
 /// The value of cookie `name` among `Set-Cookie` header values.

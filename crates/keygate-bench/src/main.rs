@@ -295,7 +295,7 @@ impl Server {
             format!("[[oauth.clients]]\nid = \"{CLIENT_ID}\"\nsecret = \"{CLIENT_SECRET}\"\n"),
         )
         .expect("write the configuration");
-        let child = tokio::process::Command::new(&opts.server)
+        let child = keygate_bench::keygate_command(&opts.server)
             .current_dir(dir.path())
             .args(["serve", "--listen", &addr, "--config"])
             .arg(&config)

@@ -161,7 +161,7 @@ impl Server {
             .append(true)
             .open(self.dir.path().join("keygate.log"))
             .map_err(|e| e.to_string())?;
-        let child = tokio::process::Command::new(&self.binary)
+        let child = keygate_bench::keygate_command(&self.binary)
             .current_dir(self.dir.path())
             .args(["serve", "--listen", &self.addr])
             .env("KEYGATE_DATABASE_URL", &self.database_url)
@@ -450,19 +450,26 @@ impl Load {
         }
     }
 
-    async fn register(&self, conn: &mut Option<Conn>, email: String) -> Option<u16> {
-        let body = json!({"email": email, "password": PASSWORD});
-        let reply = send(
-            conn,
-            &self.addr,
-            Method::POST,
-            "/auth/register",
-            None,
-            Some(&body),
-        )
-        .await;
+    /// Sends one request; returns its reply with the ledger locked and the request counted.
+    async fn exchange(
+        &self,
+        conn: &mut Option<Conn>,
+        method: Method,
+        path: &str,
+        bearer: Option<&str>,
+        body: Option<&Value>,
+    ) -> (Reply, std::sync::MutexGuard<'_, Ledger>) {
+        let reply = send(conn, &self.addr, method, path, bearer, body).await;
         let mut l = self.ledger.lock().expect("ledger");
         l.stats.requests += 1;
+        (reply, l)
+    }
+
+    async fn register(&self, conn: &mut Option<Conn>, email: String) -> Option<u16> {
+        let body = json!({"email": email, "password": PASSWORD});
+        let (reply, mut l) = self
+            .exchange(conn, Method::POST, "/auth/register", None, Some(&body))
+            .await;
         match reply {
             Reply::Answered(201, _) => {
                 l.stats.acknowledged += 1;
@@ -497,17 +504,9 @@ impl Load {
             user
         };
         let body = json!({"email": user, "password": PASSWORD});
-        let reply = send(
-            conn,
-            &self.addr,
-            Method::POST,
-            "/auth/login",
-            None,
-            Some(&body),
-        )
-        .await;
-        let mut l = self.ledger.lock().expect("ledger");
-        l.stats.requests += 1;
+        let (reply, mut l) = self
+            .exchange(conn, Method::POST, "/auth/login", None, Some(&body))
+            .await;
         match reply {
             Reply::Answered(200, v) => {
                 l.stats.acknowledged += 1;
@@ -541,17 +540,9 @@ impl Load {
     }
 
     async fn me(&self, conn: &mut Option<Conn>, id: u64, access: &str) -> Option<u16> {
-        let reply = send(
-            conn,
-            &self.addr,
-            Method::GET,
-            "/auth/me",
-            Some(access),
-            None,
-        )
-        .await;
-        let mut l = self.ledger.lock().expect("ledger");
-        l.stats.requests += 1;
+        let (reply, mut l) = self
+            .exchange(conn, Method::GET, "/auth/me", Some(access), None)
+            .await;
         match reply {
             Reply::Answered(200, _) => {
                 l.stats.acknowledged += 1;
@@ -582,17 +573,9 @@ impl Load {
         owned: &mut Vec<u64>,
     ) -> Option<u16> {
         let body = json!({"refresh_token": current});
-        let reply = send(
-            conn,
-            &self.addr,
-            Method::POST,
-            "/auth/refresh",
-            None,
-            Some(&body),
-        )
-        .await;
-        let mut l = self.ledger.lock().expect("ledger");
-        l.stats.requests += 1;
+        let (reply, mut l) = self
+            .exchange(conn, Method::POST, "/auth/refresh", None, Some(&body))
+            .await;
         match reply {
             Reply::Answered(200, v) => {
                 l.stats.acknowledged += 1;
@@ -640,17 +623,9 @@ impl Load {
         owned: &mut Vec<u64>,
     ) -> Option<u16> {
         let body = json!({"refresh_token": current});
-        let reply = send(
-            conn,
-            &self.addr,
-            Method::POST,
-            "/auth/logout",
-            None,
-            Some(&body),
-        )
-        .await;
-        let mut l = self.ledger.lock().expect("ledger");
-        l.stats.requests += 1;
+        let (reply, mut l) = self
+            .exchange(conn, Method::POST, "/auth/logout", None, Some(&body))
+            .await;
         owned.retain(|s| *s != id);
         let user = match l.sessions.remove(&id) {
             Some(Session::Live { user, .. }) => Some(user),
@@ -836,9 +811,36 @@ fn describe(r: &Reply) -> String {
     }
 }
 
+/// Runs `$body` with `$conn` bound to a new connection to the run's database, SQLite or
+/// PostgreSQL, and closes it after: the checks are the same SQL on both, and sqlx's two
+/// connection types share no trait an `async fn` could take. `Err` when it cannot connect.
+macro_rules! on_backend {
+    ($url:expr, $sqlite:expr, |$conn:ident| $body:block) => {{
+        use sqlx::Connection as _;
+        if $sqlite {
+            match sqlx::SqliteConnection::connect($url).await {
+                Ok(mut $conn) => {
+                    let out = $body;
+                    let _ = $conn.close().await;
+                    Ok(out)
+                }
+                Err(e) => Err(format!("open the database: {e}")),
+            }
+        } else {
+            match sqlx::PgConnection::connect($url).await {
+                Ok(mut $conn) => {
+                    let out = $body;
+                    let _ = $conn.close().await;
+                    Ok(out)
+                }
+                Err(e) => Err(format!("open the database: {e}")),
+            }
+        }
+    }};
+}
+
 /// The database's own checks and the schema's invariants; a list of what failed.
 async fn check_database(url: &str, sqlite: bool) -> Result<Vec<String>, String> {
-    use sqlx::Connection as _;
     let mut failures = Vec::new();
     let invariants: &[(&str, &'static str)] = &[
         (
@@ -873,24 +875,23 @@ async fn check_database(url: &str, sqlite: bool) -> Result<Vec<String>, String> 
              (select 1 from signing_keys where state = 'active')) t",
         ),
     ];
-    if sqlite {
-        let mut conn = sqlx::SqliteConnection::connect(url)
-            .await
-            .map_err(|e| format!("open {url}: {e}"))?;
-        let rows = sqlx::query("pragma integrity_check")
-            .fetch_all(&mut conn)
-            .await
-            .map_err(|e| e.to_string())?;
-        let answers: Vec<String> = rows.iter().map(|r| r.get::<String, _>(0)).collect();
-        if answers != ["ok"] {
-            failures.push(format!("PRAGMA integrity_check: {answers:?}"));
-        }
-        let fk = sqlx::query("pragma foreign_key_check")
-            .fetch_all(&mut conn)
-            .await
-            .map_err(|e| e.to_string())?;
-        if !fk.is_empty() {
-            failures.push(format!("PRAGMA foreign_key_check: {} rows", fk.len()));
+    on_backend!(url, sqlite, |conn| {
+        if sqlite {
+            let rows = sqlx::query("pragma integrity_check")
+                .fetch_all(&mut conn)
+                .await
+                .map_err(|e| e.to_string())?;
+            let answers: Vec<String> = rows.iter().map(|r| r.get::<String, _>(0)).collect();
+            if answers != ["ok"] {
+                failures.push(format!("PRAGMA integrity_check: {answers:?}"));
+            }
+            let fk = sqlx::query("pragma foreign_key_check")
+                .fetch_all(&mut conn)
+                .await
+                .map_err(|e| e.to_string())?;
+            if !fk.is_empty() {
+                failures.push(format!("PRAGMA foreign_key_check: {} rows", fk.len()));
+            }
         }
         for (what, sql) in invariants {
             let n: i64 = sqlx::query_scalar(*sql)
@@ -901,29 +902,13 @@ async fn check_database(url: &str, sqlite: bool) -> Result<Vec<String>, String> 
                 failures.push(format!("{what}: {n} rows break it"));
             }
         }
-        let _ = conn.close().await;
-    } else {
-        let mut conn = sqlx::PgConnection::connect(url)
-            .await
-            .map_err(|e| format!("open PostgreSQL: {e}"))?;
-        for (what, sql) in invariants {
-            let n: i64 = sqlx::query_scalar(*sql)
-                .fetch_one(&mut conn)
-                .await
-                .map_err(|e| format!("{sql}: {e}"))?;
-            if n != 0 {
-                failures.push(format!("{what}: {n} rows break it"));
-            }
-        }
-        let _ = conn.close().await;
-    }
+    })?;
     Ok(failures)
 }
 
 /// `--tamper`: loses one acknowledged registration and one acknowledged session's liveness,
 /// as a broken server would, so that a run shows its checks can fail.
 async fn tamper(url: &str, sqlite: bool, ledger: &Mutex<Ledger>) {
-    use sqlx::Connection as _;
     let (email, session) = {
         let l = ledger.lock().expect("ledger");
         let session = l.sessions.values().find_map(|s| match s {
@@ -944,45 +929,22 @@ async fn tamper(url: &str, sqlite: bool, ledger: &Mutex<Ledger>) {
     ];
     for (sql, value) in statements {
         let Some(value) = value else { continue };
-        let done = if sqlite {
-            match sqlx::SqliteConnection::connect(url).await {
-                Ok(mut c) => sqlx::query(sql).bind(&value).execute(&mut c).await.is_ok(),
-                Err(_) => false,
-            }
-        } else {
-            match sqlx::PgConnection::connect(url).await {
-                Ok(mut c) => sqlx::query(sql).bind(&value).execute(&mut c).await.is_ok(),
-                Err(_) => false,
-            }
-        };
+        let done = on_backend!(url, sqlite, |c| {
+            sqlx::query(sql).bind(&value).execute(&mut c).await.is_ok()
+        })
+        .unwrap_or(false);
         println!("tampered ({sql}): {done}");
     }
 }
 
 /// Every acknowledged registration is a row (all of them, by SQL).
 async fn check_users_exist(url: &str, sqlite: bool, users: &[String]) -> Result<usize, String> {
-    use sqlx::Connection as _;
-    let emails: Vec<String> = if sqlite {
-        let mut conn = sqlx::SqliteConnection::connect(url)
-            .await
-            .map_err(|e| e.to_string())?;
-        let rows = sqlx::query_scalar("select email from users")
+    let emails: Vec<String> = on_backend!(url, sqlite, |conn| {
+        sqlx::query_scalar("select email from users")
             .fetch_all(&mut conn)
             .await
-            .map_err(|e| e.to_string())?;
-        let _ = conn.close().await;
-        rows
-    } else {
-        let mut conn = sqlx::PgConnection::connect(url)
-            .await
-            .map_err(|e| e.to_string())?;
-        let rows = sqlx::query_scalar("select email from users")
-            .fetch_all(&mut conn)
-            .await
-            .map_err(|e| e.to_string())?;
-        let _ = conn.close().await;
-        rows
-    };
+            .map_err(|e| e.to_string())?
+    })?;
     let present: HashSet<String> = emails.into_iter().collect();
     Ok(users.iter().filter(|u| !present.contains(*u)).count())
 }
