@@ -227,25 +227,14 @@ impl Auth {
         let (Some(current), Some(new), true) = (current, new, errors.is_empty()) else {
             return Err(AuthError::Validation(errors));
         };
-        let stored = self.store.password_hash(who.user_id).await?;
-        let ok = self
-            .hasher
-            .verify(&current, stored.as_ref().map(|h| h.phc()))
-            .await?;
-        if !ok {
-            self.emit(
-                Event::failure("password_changed", client, "wrong_current_password")
-                    .user(who.user_id)
-                    .session(who.session_id),
-            )
-            .await;
-            let mut errors = FieldErrors::new();
-            errors.insert(
-                "current_password",
-                "is not your current password".to_owned(),
-            );
-            return Err(AuthError::Validation(errors));
-        }
+        self.check_current_password(
+            who,
+            &current,
+            client,
+            "password_changed",
+            "current_password",
+        )
+        .await?;
         let me = self.me(who).await?;
         self.check_policy(&new, "new_password", &me.email, me.username.as_deref())
             .await?;

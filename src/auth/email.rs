@@ -267,7 +267,8 @@ impl Auth {
         else {
             return Err(AuthError::Validation(errors));
         };
-        self.check_current_password(who, &password, client, "email_changed")
+        let version = self
+            .check_current_password(who, &password, client, "email_changed", "password")
             .await?;
         let me = self.me(who).await?;
         if new_email.as_str() == me.email {
@@ -280,7 +281,14 @@ impl Auth {
             .check_address(new_email.as_str())
             .await
             .map_err(AuthError::RateLimited)?;
-        let data = serde_json::json!({ "new_email": new_email.as_str(), "old_email": me.email });
+        // The change is bound to the credentials it was asked under: a new password, a reset,
+        // a disable or a second factor before the link is followed kills it (checked when the
+        // mail is sent and again in the transaction that moves the address).
+        let data = serde_json::json!({
+            "new_email": new_email.as_str(),
+            "old_email": me.email,
+            "credentials_version": version,
+        });
         let mails = [
             NewMail {
                 kind: MailKind::ChangeEmail,
@@ -295,28 +303,59 @@ impl Auth {
                 data,
             },
         ];
-        self.store.enqueue_mail(&mails, self.now()).await?;
+        self.store
+            .enqueue_email_change(me.id, &mails, self.now())
+            .await?;
         self.wake_sender();
         Ok(())
     }
 
-    /// Checks the caller's password (a wrong one is 422 on `password`, audited as a failed
-    /// `event`).
+    /// Re-authentication: checks the caller's password before a sensitive change (email
+    /// change, password change, two-factor on or off). It takes the account's failed-login
+    /// budget like a login does, so a stolen access token cannot be used to guess the
+    /// password from many addresses: in back-off it answers 429 without hashing. A wrong
+    /// password is 422 on `field`, audited as a failed `event`. Returns the credentials
+    /// version the password was checked under.
     pub(super) async fn check_current_password(
         &self,
         who: &Principal,
         password: &Password,
         client: &ClientInfo,
         event: &'static str,
-    ) -> Result<(), AuthError> {
+        field: &'static str,
+    ) -> Result<i64, AuthError> {
         let stored = self.store.password_hash(who.user_id).await?;
-        let ok = self
+        let attempt = match self
+            .limits
+            .begin_login(&who.user_id.to_string(), client.ip.as_deref())
+            .await
+        {
+            Ok(attempt) => attempt,
+            Err(retry) => {
+                self.rate_limited(Action::Password, client).await;
+                return Err(AuthError::RateLimited(retry));
+            }
+        };
+        let ok = match self
             .hasher
             .verify(password, stored.as_ref().map(|h| h.phc()))
-            .await?;
+            .await
+        {
+            Ok(ok) => ok,
+            Err(e) => {
+                self.limits.login_abandoned(attempt).await;
+                return Err(e.into());
+            }
+        };
         if ok {
-            return Ok(());
+            // Proof of the password, but not a login: the attempt is given back and the
+            // failures counted so far stay, so whoever holds a session cannot clear the
+            // back-off between guesses by confirming a password they know.
+            self.limits.login_abandoned(attempt).await;
+            return Ok(stored.map_or(0, |h| h.version()));
         }
+        // A wrong password: the reservation stays counted.
+        drop(attempt);
         self.emit(
             Event::failure(event, client, "wrong_password")
                 .user(who.user_id)
@@ -324,7 +363,7 @@ impl Auth {
         )
         .await;
         Err(AuthError::Validation(one(
-            "password",
+            field,
             "is not your current password".to_owned(),
         )))
     }
@@ -342,9 +381,15 @@ impl Auth {
         let stored = self
             .live_email_token(&token, TokenPurpose::ChangeEmail)
             .await?;
+        let notice = |old: &str| NewMail {
+            kind: MailKind::EmailChangeCompleted,
+            user_id: Some(stored.user_id),
+            recipient: old.to_owned(),
+            data: serde_json::json!({ "new_email": stored.email, "old_email": old }),
+        };
         let user = match self
             .store
-            .change_email_with_token(&stored, self.now())
+            .change_email_with_token(&stored, notice, self.now())
             .await
         {
             Ok(Some(user)) => user,
@@ -352,6 +397,7 @@ impl Auth {
             Err(StoreError::Conflict(what)) => return Err(AuthError::Conflict(what)),
             Err(e) => return Err(e.into()),
         };
+        self.wake_sender();
         self.emit(Event::success("email_changed", client).user(user.id))
             .await;
         Ok(user)
@@ -470,6 +516,14 @@ impl Auth {
             close("no_account").await?;
             return Ok(None);
         };
+        let version = self
+            .store
+            .password_hash(user.id)
+            .await?
+            .map_or(0, |h| h.version());
+        // The credentials an email change was asked under (none in a row queued before
+        // changes were bound to them: such a change is dropped).
+        let asked_under = message.data["credentials_version"].as_i64();
         let new_email = message.data["new_email"].as_str().unwrap_or_default();
         let old_email = message.data["old_email"].as_str().unwrap_or(&user.email);
         let cfg = &self.config.email;
@@ -484,6 +538,10 @@ impl Auth {
             }
             MailKind::ResetPassword if !user.is_active => {
                 close("account_disabled").await?;
+                return Ok(None);
+            }
+            MailKind::ChangeEmail if !user.is_active || asked_under != Some(version) => {
+                close("credentials_changed").await?;
                 return Ok(None);
             }
             MailKind::VerifyEmail => (
@@ -501,16 +559,13 @@ impl Auth {
                 "confirm-email",
                 cfg.verification_ttl,
             ),
-            MailKind::EmailChanged => (None, "", cfg.verification_ttl),
+            MailKind::EmailChanged | MailKind::EmailChangeCompleted => {
+                (None, "", cfg.verification_ttl)
+            }
         };
         let link = match purpose {
             None => String::new(),
             Some(purpose) => {
-                let version = self
-                    .store
-                    .password_hash(user.id)
-                    .await?
-                    .map_or(0, |h| h.version());
                 let token = LinkToken::generate();
                 let email = if purpose == TokenPurpose::ChangeEmail {
                     new_email.to_owned()
@@ -525,7 +580,7 @@ impl Auth {
                             purpose,
                             secret_hash: token.hash(),
                             email,
-                            credentials_version: version,
+                            credentials_version: asked_under.unwrap_or(version),
                             expires_at: after(now, ttl),
                         },
                         now,
@@ -536,9 +591,10 @@ impl Auth {
         };
         let expires_in = in_words(ttl);
         let ctx = Context {
-            email: if message.kind == MailKind::EmailChanged
-                || message.kind == MailKind::ChangeEmail
-            {
+            email: if matches!(
+                message.kind,
+                MailKind::EmailChanged | MailKind::ChangeEmail | MailKind::EmailChangeCompleted
+            ) {
                 old_email
             } else {
                 &user.email

@@ -156,7 +156,7 @@ impl Auth {
     ) -> Result<Enrolment, AuthError> {
         self.limit(Action::Password, client).await?;
         let password = presented_password(password, self.config.password.max_length)?;
-        self.check_current_password(who, &password, client, "mfa_enabled")
+        self.check_current_password(who, &password, client, "mfa_enabled", "password")
             .await?;
         let me = self.me(who).await?;
         if me.mfa_enabled {
@@ -258,7 +258,7 @@ impl Auth {
             return Err(AuthError::Validation(errors));
         };
         let password = presented_password(Some(password), self.config.password.max_length)?;
-        self.check_current_password(who, &password, client, "mfa_disabled")
+        self.check_current_password(who, &password, client, "mfa_disabled", "password")
             .await?;
         let me = self.me(who).await?;
         if !me.mfa_enabled {

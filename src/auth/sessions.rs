@@ -171,10 +171,11 @@ impl Auth {
         if self.config.email.verification_required() && !user.email_verified {
             self.emit(Event::failure("login_failed", &client, "email_not_verified").user(user.id))
                 .await;
-            // The password was right: a new link goes out unless a live one is on its way.
+            // The password was right: a new link goes out unless a live one is on its way
+            // (a new one would kill the link the user may be about to click).
             if !self
                 .store
-                .has_live_email_token(user.id, crate::store::TokenPurpose::VerifyEmail, self.now())
+                .verification_pending(user.id, &user.email, self.now())
                 .await?
                 && let Err(e) = self.queue_verification(&user).await
             {

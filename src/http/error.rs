@@ -28,6 +28,8 @@ pub enum ApiError {
     CsrfFailed,
     /// 404 `not_found`.
     NotFound,
+    /// 405 `method_not_allowed` (the router adds the `Allow` header).
+    MethodNotAllowed,
     /// 409 `email_taken`.
     EmailTaken,
     /// 409 `username_taken`.
@@ -88,6 +90,7 @@ impl ApiError {
                 StatusCode::FORBIDDEN
             }
             ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::EmailTaken | ApiError::UsernameTaken => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -110,6 +113,7 @@ impl ApiError {
             ApiError::Forbidden(_) => "forbidden",
             ApiError::CsrfFailed => "csrf_failed",
             ApiError::NotFound => "not_found",
+            ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::EmailTaken => "email_taken",
             ApiError::UsernameTaken => "username_taken",
             ApiError::PayloadTooLarge => "payload_too_large",
@@ -138,6 +142,7 @@ impl ApiError {
             ApiError::Forbidden(why) => (*why).to_owned(),
             ApiError::CsrfFailed => "Missing or invalid CSRF token".to_owned(),
             ApiError::NotFound => "Not found".to_owned(),
+            ApiError::MethodNotAllowed => "Method not allowed on this path".to_owned(),
             ApiError::EmailTaken => "This email is already registered".to_owned(),
             ApiError::UsernameTaken => "This username is already taken".to_owned(),
             ApiError::PayloadTooLarge => "Request body too large".to_owned(),
@@ -303,6 +308,7 @@ mod tests {
             (ApiError::Forbidden("x"), 403, "forbidden", None),
             (ApiError::CsrfFailed, 403, "csrf_failed", None),
             (ApiError::NotFound, 404, "not_found", None),
+            (ApiError::MethodNotAllowed, 405, "method_not_allowed", None),
             (ApiError::EmailTaken, 409, "email_taken", None),
             (ApiError::UsernameTaken, 409, "username_taken", None),
             (ApiError::PayloadTooLarge, 413, "payload_too_large", None),

@@ -134,7 +134,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         // Counts and times every routed request by its route template.
         .route_layer(track::TrackLayer)
         .fallback(not_found)
-        .method_not_allowed_fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -205,6 +205,15 @@ fn cors(config: &crate::config::CorsConfig) -> Option<tower_http::cors::CorsLaye
 async fn not_found(method: axum::http::Method) -> Response {
     track::unmatched(&method, 404);
     let mut response = ApiError::NotFound.into_response();
+    response.extensions_mut().insert(Unrouted);
+    response
+}
+
+/// A known path with a method it does not have: 405, with the `Allow` header that axum's
+/// method router adds to the fallback's answer (RFC 9110).
+async fn method_not_allowed(method: axum::http::Method) -> Response {
+    track::unmatched(&method, 405);
+    let mut response = ApiError::MethodNotAllowed.into_response();
     response.extensions_mut().insert(Unrouted);
     response
 }

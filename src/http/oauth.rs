@@ -318,19 +318,28 @@ async fn client<'a>(
     }
 }
 
-/// RFC 6749 section 5.1's token response.
+/// RFC 6749 section 5.1's token response, in the shape of API.md's token response (the same
+/// fields as `/auth/login`'s, plus the echoed `scope`).
 #[derive(Serialize, utoipa::ToSchema)]
 #[schema(as = OAuthTokenResponse)]
 pub(crate) struct TokenBody {
     access_token: String,
-    /// `Bearer`.
-    #[schema(value_type = String)]
+    /// `bearer` (RFC 6749 compares it case-insensitively).
+    #[schema(value_type = String, pattern = "^bearer$")]
     token_type: &'static str,
     expires_in: i64,
     /// Not with `client_credentials`.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     refresh_token: Option<String>,
+    /// Seconds until the refresh token expires (not with `client_credentials`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    refresh_expires_in: Option<i64>,
+    /// The session the tokens belong to (not with `client_credentials`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false, format = "uuid")]
+    session_id: Option<String>,
     /// The requested scope, echoed.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
@@ -409,9 +418,11 @@ async fn token(
                 .await?;
             TokenBody {
                 access_token: pair.access_token,
-                token_type: "Bearer",
+                token_type: "bearer",
                 expires_in: pair.expires_in,
                 refresh_token: Some(pair.refresh_token.expose()),
+                refresh_expires_in: Some(pair.refresh_expires_in),
+                session_id: Some(pair.session_id.to_string()),
                 scope,
             }
         }
@@ -420,9 +431,11 @@ async fn token(
             let pair = state.auth.refresh(presented, &info).await?;
             TokenBody {
                 access_token: pair.access_token,
-                token_type: "Bearer",
+                token_type: "bearer",
                 expires_in: pair.expires_in,
                 refresh_token: Some(pair.refresh_token.expose()),
+                refresh_expires_in: Some(pair.refresh_expires_in),
+                session_id: Some(pair.session_id.to_string()),
                 scope,
             }
         }
@@ -438,9 +451,11 @@ async fn token(
             let t = state.auth.client_credentials(client)?;
             TokenBody {
                 access_token: t.access_token,
-                token_type: "Bearer",
+                token_type: "bearer",
                 expires_in: t.expires_in,
                 refresh_token: None,
+                refresh_expires_in: None,
+                session_id: None,
                 scope,
             }
         }

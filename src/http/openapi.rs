@@ -90,6 +90,7 @@ fn every_error() -> Vec<ApiError> {
         ApiError::Forbidden("Administrators only"),
         ApiError::CsrfFailed,
         ApiError::NotFound,
+        ApiError::MethodNotAllowed,
         ApiError::EmailTaken,
         ApiError::UsernameTaken,
         ApiError::PayloadTooLarge,
@@ -122,6 +123,7 @@ fn every_error() -> Vec<ApiError> {
             | ApiError::Forbidden(_)
             | ApiError::CsrfFailed
             | ApiError::NotFound
+            | ApiError::MethodNotAllowed
             | ApiError::EmailTaken
             | ApiError::UsernameTaken
             | ApiError::PayloadTooLarge

@@ -68,6 +68,18 @@ const BUILT_IN: &[(&str, &str)] = &[
         "email_changed.html",
         include_str!("templates/email_changed.html"),
     ),
+    (
+        "email_change_completed.subject",
+        include_str!("templates/email_change_completed.subject"),
+    ),
+    (
+        "email_change_completed.txt",
+        include_str!("templates/email_change_completed.txt"),
+    ),
+    (
+        "email_change_completed.html",
+        include_str!("templates/email_change_completed.html"),
+    ),
 ];
 
 /// Mail set-up failures (at start-up: bad templates, a bad sender address).

@@ -20,15 +20,18 @@ pub enum MailKind {
     ChangeEmail,
     /// A notice to the old address that a change was asked for.
     EmailChanged,
+    /// A notice to the old address that the change went through.
+    EmailChangeCompleted,
 }
 
 impl MailKind {
     /// Every kind.
-    pub const ALL: [MailKind; 4] = [
+    pub const ALL: [MailKind; 5] = [
         MailKind::VerifyEmail,
         MailKind::ResetPassword,
         MailKind::ChangeEmail,
         MailKind::EmailChanged,
+        MailKind::EmailChangeCompleted,
     ];
 
     /// The stored name, also the templates' name.
@@ -38,6 +41,7 @@ impl MailKind {
             MailKind::ResetPassword => "reset_password",
             MailKind::ChangeEmail => "change_email",
             MailKind::EmailChanged => "email_changed",
+            MailKind::EmailChangeCompleted => "email_change_completed",
         }
     }
 
@@ -206,6 +210,38 @@ impl Store {
         })
     }
 
+    /// Queues an email change's messages for `user`, in one transaction with the end of
+    /// every earlier change of theirs: its links stop working and its unsent messages are
+    /// dropped (`superseded`), so only the newest change can ever be confirmed.
+    pub async fn enqueue_email_change(
+        &self,
+        user: UserId,
+        mails: &[NewMail],
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        on_pool!(self, write, |pool| {
+            let mut tx = pool.begin().await?;
+            sqlx::query("delete from email_tokens where user_id = $1 and purpose = $2")
+                .bind(user.to_string())
+                .bind(TokenPurpose::ChangeEmail.as_str())
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "update outbox set sent_at = $3, dropped_reason = 'superseded', \
+                 locked_until = null where user_id = $1 and kind = $2 and sent_at is null",
+            )
+            .bind(user.to_string())
+            .bind(MailKind::ChangeEmail.as_str())
+            .bind(to_millis(now))
+            .execute(&mut *tx)
+            .await?;
+            for mail in mails {
+                outbox_insert!(mail, now).execute(&mut *tx).await?;
+            }
+            tx.commit().await?
+        })
+    }
+
     /// Whether any message is due at `now` (a read: the senders' idle polls take no write
     /// lock).
     pub async fn mail_due(&self, now: OffsetDateTime) -> Result<bool, StoreError> {
@@ -348,25 +384,29 @@ impl Store {
         })
     }
 
-    /// Whether the user has an unexpired token of `purpose`.
-    pub async fn has_live_email_token(
+    /// Whether a verification link for `email`, the user's address, is live or on its way:
+    /// an unexpired token, or a verification mail still in the outbox (its token is made when
+    /// it is sent, so a queued mail counts as live). One statement, so a mail sent between
+    /// two looks cannot be missed by both.
+    pub async fn verification_pending(
         &self,
         user: UserId,
-        purpose: TokenPurpose,
+        email: &str,
         now: OffsetDateTime,
     ) -> Result<bool, StoreError> {
-        let n: i64 = on_pool!(self, read, |pool| {
+        let pending: bool = on_pool!(self, read, |pool| {
             sqlx::query_scalar(
-                "select count(*) from email_tokens where user_id = $1 and purpose = $2 \
-                 and expires_at > $3",
+                "select exists (select 1 from email_tokens where user_id = $1 and purpose = $2                    and expires_at > $3)                  or exists (select 1 from outbox where kind = $4 and sent_at is null                    and recipient = $5 and (user_id is null or user_id = $1))",
             )
             .bind(user.to_string())
-            .bind(purpose.as_str())
+            .bind(TokenPurpose::VerifyEmail.as_str())
             .bind(to_millis(now))
+            .bind(MailKind::VerifyEmail.as_str())
+            .bind(email)
             .fetch_one(pool)
             .await?
         })?;
-        Ok(n > 0)
+        Ok(pending)
     }
 
     /// The link token with this id and purpose.
@@ -411,21 +451,19 @@ impl Store {
             token,
             "update users set email_verified = true, updated_at = $3 \
              where id = $1 and email = $2",
-            None,
             now,
         )
         .await
     }
 
-    /// In one transaction: deletes `token` (the row count makes it single-use), runs `update`
-    /// (an `UPDATE users … WHERE` on `$1` the user, `$2` the token's address, `$3` now; its
-    /// `RETURNING` is added here) and then `after` (on `$1`), committing only if the token was
-    /// there and the update found its row; else nothing changes and the answer is `None`.
+    /// In one transaction: deletes `token` (the row count makes it single-use) and runs
+    /// `update` (an `UPDATE users … WHERE` on `$1` the user, `$2` the token's address, `$3`
+    /// now; its `RETURNING` is added here), committing only if the token was there and the
+    /// update found its row; else nothing changes and the answer is `None`.
     async fn use_token_on_user(
         &self,
         token: &EmailTokenRecord,
         update: &str,
-        after: Option<&'static str>,
         now: OffsetDateTime,
     ) -> Result<Option<super::UserRecord>, StoreError> {
         self.cache.forget_user(token.user_id);
@@ -448,13 +486,10 @@ impl Store {
             } else {
                 None
             };
-            match (&row, after) {
-                (None, _) => tx.rollback().await?,
-                (Some(_), None) => tx.commit().await?,
-                (Some(_), Some(after)) => {
-                    sqlx::query(after).bind(&user).execute(&mut *tx).await?;
-                    tx.commit().await?
-                }
+            if row.is_some() {
+                tx.commit().await?
+            } else {
+                tx.rollback().await?
             }
             row
         })?;
@@ -463,7 +498,8 @@ impl Store {
     }
 
     /// Uses a reset token: deletes it and every other reset token of the user, sets the new
-    /// password's hash if the password has not changed since the token was issued, and ends
+    /// password's hash if the password has not changed since the token was issued and the
+    /// account still has the address the link was mailed to, and ends
     /// every session of the user, in one transaction. Returns the sessions ended, or `None`
     /// when the token was used meanwhile or the password changed (nothing changed).
     pub async fn reset_password_with_token(
@@ -486,12 +522,13 @@ impl Store {
                 && sqlx::query(
                     "update users set password_hash = $2, updated_at = $3, \
                      credentials_version = credentials_version + 1 \
-                     where id = $1 and credentials_version = $4",
+                     where id = $1 and credentials_version = $4 and email = $5",
                 )
                 .bind(&user)
                 .bind(hash)
                 .bind(to_millis(now))
                 .bind(token.credentials_version)
+                .bind(&token.email)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected()
@@ -528,22 +565,70 @@ impl Store {
         Ok(ended)
     }
 
-    /// Uses an email-change token: deletes it and moves the account to the token's address,
-    /// verified (the old address's verification links die with it). `None` when the token
-    /// was used meanwhile; [`StoreError::Conflict`] when the address was taken since (the
-    /// token stays usable).
+    /// Uses an email-change token: in one transaction, deletes it and moves the account to
+    /// the token's address, verified, if the account is still active and its credentials
+    /// are those the change was asked under (no new password, reset, disable or second
+    /// factor since); every link token of the user dies (they were for the old address) and
+    /// `notice` (to the old address) is queued. `None` when the token was used meanwhile or
+    /// the account changed (nothing changed); [`StoreError::Conflict`] when the address was
+    /// taken since (the token stays usable).
     pub async fn change_email_with_token(
         &self,
         token: &EmailTokenRecord,
+        notice: impl Fn(&str) -> NewMail,
         now: OffsetDateTime,
     ) -> Result<Option<super::UserRecord>, StoreError> {
-        self.use_token_on_user(
-            token,
-            "update users set email = $2, email_verified = true, updated_at = $3 where id = $1",
-            Some("delete from email_tokens where user_id = $1 and purpose = 'verify_email'"),
-            now,
-        )
-        .await
+        self.cache.forget_user(token.user_id);
+        let sql = format!(
+            "update users set email = $2, email_verified = true, updated_at = $3 \
+             where id = $1 and credentials_version = $4 and is_active = true \
+             returning {USER_COLUMNS}"
+        );
+        let user = token.user_id.to_string();
+        let notice = &notice;
+        let row: Option<UserRow> = on_pool!(self, write, |pool| {
+            let mut tx = pool.begin().await?;
+            let used = sqlx::query("delete from email_tokens where id = $1")
+                .bind(&token.id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            let old: Option<String> = if used == 1 {
+                sqlx::query_scalar("select email from users where id = $1")
+                    .bind(&user)
+                    .fetch_optional(&mut *tx)
+                    .await?
+            } else {
+                None
+            };
+            let row: Option<UserRow> = match &old {
+                Some(_) => {
+                    sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
+                        .bind(&user)
+                        .bind(&token.email)
+                        .bind(to_millis(now))
+                        .bind(token.credentials_version)
+                        .fetch_optional(&mut *tx)
+                        .await?
+                }
+                None => None,
+            };
+            match (&row, old) {
+                (Some(_), Some(old)) => {
+                    sqlx::query("delete from email_tokens where user_id = $1")
+                        .bind(&user)
+                        .execute(&mut *tx)
+                        .await?;
+                    let mail = notice(&old);
+                    outbox_insert!(mail, now).execute(&mut *tx).await?;
+                    tx.commit().await?
+                }
+                _ => tx.rollback().await?,
+            }
+            row
+        })?;
+        self.cache.forget_user(token.user_id);
+        row.map(super::UserRecord::try_from).transpose()
     }
 
     /// Marks the user's address verified (an operator's word). Returns whether the user exists.

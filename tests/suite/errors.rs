@@ -116,14 +116,43 @@ async fn an_oversized_body_is_413() {
 }
 
 #[tokio::test]
-async fn unknown_routes_and_methods_are_404_in_the_contract_format() {
+async fn unknown_routes_are_404_and_wrong_methods_405_with_allow() {
     let Some(app) = TestApp::spawn().await else {
         return;
     };
     let r = app.client.get(app.url("/nope")).send().await.unwrap();
     assert_error(r, 404, "not_found").await;
-    let r = app.client.get(app.url("/auth/login")).send().await.unwrap();
-    assert_error(r, 404, "not_found").await;
+    // RFC 9110: a known path with a method it does not have is 405 and `Allow` lists those
+    // it has.
+    let cases = [
+        ("GET", "/auth/login", "POST"),
+        ("DELETE", "/auth/me", "GET,HEAD,PATCH"),
+        ("PUT", "/.well-known/jwks.json", "GET,HEAD"),
+        ("GET", "/oauth/token", "POST"),
+    ];
+    for (method, path, allow) in cases {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let r = app
+            .client
+            .request(method.clone(), app.url(path))
+            .send()
+            .await
+            .unwrap();
+        let got = r
+            .headers()
+            .get("allow")
+            .map(|v| v.to_str().unwrap().replace(' ', ""));
+        let mut got: Vec<String> = got
+            .unwrap_or_default()
+            .split(',')
+            .map(str::to_owned)
+            .collect();
+        let mut want: Vec<String> = allow.split(',').map(str::to_owned).collect();
+        got.sort();
+        want.sort();
+        assert_eq!(got, want, "{method} {path}");
+        assert_error(r, 405, "method_not_allowed").await;
+    }
 }
 
 #[tokio::test]

@@ -133,9 +133,12 @@ async fn the_password_grant_logs_in_by_form_and_the_refresh_grant_rotates_with_g
     assert_eq!(r.headers()["cache-control"], "no-store");
     assert_eq!(r.headers()["pragma"], "no-cache");
     let body: Value = r.json().await.unwrap();
-    assert_eq!(body["token_type"], "Bearer");
+    // One token response shape: API.md's (seed 002 says "bearer"), plus the echoed scope.
+    assert_eq!(body["token_type"], "bearer");
     assert_eq!(body["scope"], "read write");
     assert!(body["expires_in"].as_i64().unwrap() > 0);
+    assert!(body["refresh_expires_in"].as_i64().unwrap() > 0);
+    assert!(body["session_id"].as_str().is_some_and(|s| s.len() == 36));
     let access = body["access_token"].as_str().unwrap();
     let refresh = body["refresh_token"].as_str().unwrap().to_owned();
     assert_eq!(app.me_status(access).await, StatusCode::OK);

@@ -122,15 +122,16 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
 /// A page: the layout around `main`, with the page's name and checked `return_to`.
 fn page(config: &Config, name: &str, title: &str, main: &str, query: Option<&str>) -> Response {
     let return_to = return_to(config, query_param(query, "return_to").as_deref());
+    // The visitor's value goes in last, escaped, so it cannot feed a later placeholder.
     let html = LAYOUT
         .replace("{{title}}", title)
         .replace("{{page}}", name)
-        .replace("{{return_to}}", &escape_attribute(&return_to))
         .replace(
             "{{mail}}",
             if config.email.enabled() { "on" } else { "off" },
         )
-        .replace("{{main}}", main);
+        .replace("{{main}}", main)
+        .replace("{{return_to}}", &escape_attribute(&return_to));
     let r = (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
@@ -303,8 +304,17 @@ pub(crate) fn return_to(config: &Config, raw: Option<&str>) -> String {
         let Ok(base) = url::Url::parse("https://keygate.invalid/") else {
             return HOME.to_owned();
         };
+        // The decision is made on the normalised result, which is what the browser will
+        // follow: `/./\/evil` and `/..//evil` normalise to `//evil`, another host.
         return match base.join(raw) {
-            Ok(u) if u.origin() == base.origin() => u[url::Position::BeforePath..].to_owned(),
+            Ok(u) if u.origin() == base.origin() => {
+                let path = &u[url::Position::BeforePath..];
+                if is_local_path(path) {
+                    path.to_owned()
+                } else {
+                    HOME.to_owned()
+                }
+            }
             _ => HOME.to_owned(),
         };
     }
@@ -321,7 +331,15 @@ pub(crate) fn return_to(config: &Config, raw: Option<&str>) -> String {
     }
 }
 
-/// `text` safe inside a double-quoted HTML attribute.
+/// A path of this origin: one `/` followed by something other than `/` or `\` (either of
+/// which makes a browser read what follows as a host).
+fn is_local_path(path: &str) -> bool {
+    let mut chars = path.chars();
+    chars.next() == Some('/') && !matches!(chars.next(), Some('/' | '\\'))
+}
+
+/// `text` safe inside a double-quoted HTML attribute (braces too, so nothing inserted can
+/// look like one of the page's `{{…}}` placeholders).
 fn escape_attribute(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
@@ -331,6 +349,8 @@ fn escape_attribute(text: &str) -> String {
             '\'' => out.push_str("&#39;"),
             '<' => out.push_str("&lt;"),
             '>' => out.push_str("&gt;"),
+            '{' => out.push_str("&#123;"),
+            '}' => out.push_str("&#125;"),
             c => out.push(c),
         }
     }
@@ -383,6 +403,78 @@ mod tests {
         }
         let long = format!("/{}", "a".repeat(MAX_RETURN_TO));
         assert_eq!(return_to(&c, Some(&long)), HOME);
+    }
+
+    /// Spellings that a browser would follow to another origin, each after the server's
+    /// normalisation: none may leave this origin.
+    #[test]
+    fn hostile_return_to_spellings_stay_home() {
+        let c = config();
+        let long_dots = format!("/{}/evil.example", "./".repeat(900));
+        let long_ups = format!("/{}//evil.example", "../".repeat(600));
+        let hostile = [
+            "/.//evil.example/phish",
+            "/..//evil.example",
+            "/../..//evil.example",
+            "/a/..//evil.example",
+            "/%2e//evil.example",
+            "/%2E%2E//evil.example",
+            "/.%2e//evil.example",
+            "/./\\evil.example",
+            "/\\/evil.example",
+            "/.\\\\evil.example",
+            "\\\\evil.example",
+            "/\t/evil.example",
+            "/\n/evil.example",
+            "/\r//evil.example",
+            "/\u{0}//evil.example",
+            "//evil.example",
+            "///evil.example",
+            "//@evil.example",
+            "//user:pw@evil.example/",
+            "https://user@auth.example.com/",
+            "https:evil.example",
+            "https:/evil.example",
+            "http://auth.example.com/",
+            "HTTPS://evil.example/",
+            "javascript:alert(1)",
+            "JaVaScRiPt:alert(1)",
+            " javascript:alert(1)",
+            "java\tscript:alert(1)",
+            "vbscript:msgbox(1)",
+            "data:text/html,<script>alert(1)</script>",
+            "evil.example",
+            "@evil.example",
+            "ftp://app.example.com/",
+            "https://app.example.com@evil.example/",
+            "https://evil.example#https://app.example.com/",
+            &long_dots,
+            &long_ups,
+        ];
+        for raw in hostile {
+            let out = return_to(&c, Some(raw));
+            assert_eq!(out, HOME, "{raw:?} gave {out:?}");
+        }
+        // The same shapes with nothing after the slashes are harmless paths.
+        assert_eq!(return_to(&c, Some("/./ui/account")), "/ui/account");
+        assert_eq!(return_to(&c, Some("/%2e/ui/login")), "/ui/login");
+    }
+
+    #[tokio::test]
+    async fn return_to_cannot_inject_page_markup() {
+        let c = config();
+        let query = "return_to=%2F%3Fx%3D%7B%7Bmain%7D%7D%22%3E%3Cb%3E";
+        let response = page(&c, "login", "t", "<main>{{x}}</main>", Some(query));
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .expect("body");
+        let html = String::from_utf8(bytes.to_vec()).expect("utf-8");
+        assert!(
+            html.contains(r#"data-return-to="/?x=&#123;&#123;main&#125;&#125;%22%3E%3Cb%3E""#),
+            "{html}"
+        );
+        assert_eq!(html.matches("<main>").count(), 1, "{html}");
+        assert!(!html.contains("<b>"), "{html}");
     }
 
     #[test]
