@@ -201,38 +201,70 @@ impl Auth {
     }
 }
 
-/// The revocation feed's page size.
+/// The revocation feed's page size (new entries per answer, at most).
 const FEED_PAGE: u32 = 1000;
-/// How far back each cursor reaches again: a revocation whose transaction commits up to this
-/// long after the database stamped it is still delivered (followers ignore repeats).
+/// Entries the follower already holds that one answer re-reads, at most: beyond this a burst
+/// written within [`FEED_OVERLAP_MS`] is passed once it is that old.
+const FEED_KNOWN_MAX: usize = 100_000;
+/// How long an entry stays "recent": a revocation whose transaction commits up to this long
+/// after the database stamped it (so after entries with higher sequence numbers became
+/// visible) is still delivered, because the cursor never passes an entry younger than this
+/// (followers ignore repeats).
 pub const FEED_OVERLAP_MS: i64 = 2000;
 /// How often a long poll looks at the database.
 const FEED_POLL: std::time::Duration = std::time::Duration::from_millis(250);
 
-/// Where a follower of the revocation feed stands: entries after `after` (database time, Unix
-/// milliseconds), of which it already holds `known`. Text form `<after>.<known>`.
+/// Where a follower of the revocation feed stands: it has every entry up to sequence number
+/// `after`, and the first `known` entries after it. Text form `s<after>.<known>`; the older
+/// time-based form (`<ms>.<known>`) reads as the start of the feed, so a follower running
+/// across an upgrade receives everything retained again rather than missing anything.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FeedCursor {
-    /// Scan entries stamped after this.
+    /// Every entry up to this sequence number has been delivered for good.
     pub after: i64,
-    /// How many of those the follower already has.
+    /// How many entries after it the follower already has.
     pub known: usize,
 }
 
 impl FeedCursor {
-    /// Parses `<after>.<known>`.
+    /// Parses `s<after>.<known>` (or the older form, as the start).
     pub fn parse(text: &str) -> Option<FeedCursor> {
         let (after, known) = text.split_once('.')?;
-        Some(FeedCursor {
-            after: after.parse().ok().filter(|a: &i64| *a >= 0)?,
-            known: known.parse().ok()?,
-        })
+        let known: usize = known.parse().ok()?;
+        match after.strip_prefix('s') {
+            Some(seq) => Some(FeedCursor {
+                after: seq.parse().ok().filter(|a: &i64| *a >= 0)?,
+                known,
+            }),
+            None => after
+                .parse::<i64>()
+                .ok()
+                .filter(|a| *a >= 0)
+                .map(|_| FeedCursor::default()),
+        }
+    }
+
+    /// The cursor after reading `page` from `self`: past the longest run of entries older
+    /// than the overlap (they are final), holding the younger ones as known. Always moves
+    /// forward once entries age, however many share one time stamp.
+    fn next(self, page: &crate::store::RevocationPage) -> FeedCursor {
+        let settled_before = page.now - FEED_OVERLAP_MS;
+        let after = page
+            .ended
+            .iter()
+            .take_while(|e| e.at <= settled_before)
+            .last()
+            .map_or(self.after, |e| e.seq);
+        FeedCursor {
+            after,
+            known: page.ended.iter().filter(|e| e.seq > after).count(),
+        }
     }
 }
 
 impl std::fmt::Display for FeedCursor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}.{}", self.after, self.known)
+        write!(f, "s{}.{}", self.after, self.known)
     }
 }
 
@@ -247,7 +279,9 @@ pub struct Revocations {
 
 impl Auth {
     /// The sessions that ended since `cursor` (from the start of the retained feed without
-    /// one), waiting up to `wait` for one to end when there is nothing new. Entries are kept
+    /// one), waiting up to `wait` for one to end when there is nothing new. An answer holds
+    /// the entries the follower already has after the cursor (recent ones, re-read in case a
+    /// late commit slipped in among them) and up to [`FEED_PAGE`] new ones. Entries are kept
     /// at least `access_ttl + leeway`, as long as any access token of theirs can be live.
     pub async fn revocations(
         &self,
@@ -255,31 +289,17 @@ impl Auth {
         wait: std::time::Duration,
     ) -> Result<Revocations, AuthError> {
         let deadline = tokio::time::Instant::now() + wait;
+        let known = cursor.known.min(FEED_KNOWN_MAX);
+        let limit = u32::try_from(known)
+            .unwrap_or(u32::MAX)
+            .saturating_add(FEED_PAGE);
         loop {
-            let page = self
-                .store
-                .revocations_since(cursor.after, FEED_PAGE)
-                .await?;
+            let page = self.store.revocations_after(cursor.after, limit).await?;
             let now = tokio::time::Instant::now();
-            if page.ended.len() > cursor.known || now >= deadline {
-                let next = if page.ended.len() == FEED_PAGE as usize {
-                    // A full page: continue from its last stamp (ties come again).
-                    let last = page.ended.last().map_or(cursor.after, |(_, at)| *at);
-                    let after = last - 1;
-                    FeedCursor {
-                        after,
-                        known: page.ended.iter().filter(|(_, at)| *at > after).count(),
-                    }
-                } else {
-                    let after = cursor.after.max(page.now - FEED_OVERLAP_MS);
-                    FeedCursor {
-                        after,
-                        known: page.ended.iter().filter(|(_, at)| *at > after).count(),
-                    }
-                };
+            if page.ended.len() > known || now >= deadline {
                 return Ok(Revocations {
-                    sessions: page.ended.into_iter().map(|(id, _)| id).collect(),
-                    cursor: next,
+                    cursor: cursor.next(&page),
+                    sessions: page.ended.into_iter().filter_map(|e| e.session).collect(),
                 });
             }
             tokio::time::sleep(FEED_POLL.min(deadline - now)).await;

@@ -31,6 +31,7 @@ pub use keys::KeyInfo;
 pub use mail::{EmailTokenRecord, MailKind, NewEmailToken, NewMail, OutboxRecord, TokenPurpose};
 pub use mfa::{ChallengeRecord, MFA_ATTEMPTS, NewChallenge, TotpRecord};
 pub use purge::{MAIL_RETENTION, PurgeCounts, TableCounts};
+pub use revocations::{FeedEntry, RevocationPage};
 pub use sessions::{NewSession, Rotation, SessionRecord};
 pub use users::{NewUser, StoredHash, UserChange, UserRecord};
 

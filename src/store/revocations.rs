@@ -1,6 +1,8 @@
 //! The feed of ended sessions (`revocations`), filled by the database's own triggers (migration
-//! 0005) whenever a session is revoked or deleted while live. Times and the feed's cursor are
-//! the database's clock in Unix milliseconds, one clock for every node.
+//! 0005) whenever a session is revoked or deleted while live. Entries are read in the order
+//! of their sequence number (`seq`), which is total however many share one time stamp; their
+//! times are the database's clock in Unix milliseconds, one clock for every node, and tell the
+//! feed which entries are old enough to be passed for good (`auth::oauth`).
 
 use super::{Backend, Store, StoreError, on_pool};
 use crate::domain::SessionId;
@@ -9,11 +11,22 @@ use crate::domain::SessionId;
 const SQLITE_NOW: &str = "cast(round((julianday('now') - 2440587.5) * 86400000) as integer)";
 const POSTGRES_NOW: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
 
+/// One entry of the feed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedEntry {
+    /// The session that ended (`None` if the stored id is not one: skipped, but counted).
+    pub session: Option<SessionId>,
+    /// Its place in the feed.
+    pub seq: i64,
+    /// When it was written, by the database's clock (Unix milliseconds).
+    pub at: i64,
+}
+
 /// One page of the feed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RevocationPage {
-    /// Sessions that ended after the cursor asked for, oldest first, as `(session, at)`.
-    pub ended: Vec<(SessionId, i64)>,
+    /// Entries after the cursor asked for, in `seq` order.
+    pub ended: Vec<FeedEntry>,
     /// The database's clock when the page was read (Unix milliseconds).
     pub now: i64,
 }
@@ -26,22 +39,21 @@ impl Store {
         }
     }
 
-    /// Sessions that ended at a database time after `since` (Unix milliseconds), oldest first,
-    /// at most `limit`, with the database's clock.
-    pub async fn revocations_since(
+    /// Entries after `after_seq`, in `seq` order, at most `limit`, with the database's clock.
+    pub async fn revocations_after(
         &self,
-        since: i64,
+        after_seq: i64,
         limit: u32,
     ) -> Result<RevocationPage, StoreError> {
         let now_sql = format!("select {}", self.db_now_sql());
-        let (rows, now): (Vec<(String, i64)>, i64) = on_pool!(self, read, |pool| {
+        let (rows, now): (Vec<(String, i64, i64)>, i64) = on_pool!(self, read, |pool| {
             let now: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(now_sql.as_str()))
                 .fetch_one(pool)
                 .await?;
             let rows = sqlx::query_as(
-                "select session_id, at from revocations where at > $1 order by at, seq limit $2",
+                "select session_id, seq, at from revocations where seq > $1 order by seq limit $2",
             )
-            .bind(since)
+            .bind(after_seq)
             .bind(i64::from(limit))
             .fetch_all(pool)
             .await?;
@@ -49,7 +61,11 @@ impl Store {
         })?;
         let ended = rows
             .into_iter()
-            .filter_map(|(id, at)| SessionId::parse(&id).map(|id| (id, at)))
+            .map(|(id, seq, at)| FeedEntry {
+                session: SessionId::parse(&id),
+                seq,
+                at,
+            })
             .collect();
         Ok(RevocationPage { ended, now })
     }

@@ -295,6 +295,39 @@ impl TestApp {
     pub(crate) async fn me_status(&self, access: &str) -> StatusCode {
         self.get_auth("/auth/me", access).await.status()
     }
+
+    /// Runs one SQL statement on the test's database, over a connection of the test's own
+    /// (for states no request makes quickly, such as thousands of sessions); returns the rows
+    /// it changed. `sqlite` or `postgres` is the statement in each backend's dialect.
+    pub(crate) async fn sql(&self, sqlite: &str, postgres: &str) -> u64 {
+        use sqlx::Connection as _;
+        match &self.db {
+            TestDb::Sqlite(_) => {
+                let mut conn = sqlx::SqliteConnection::connect(&self.db.url())
+                    .await
+                    .expect("open the test's SQLite database");
+                let done = sqlx::query(sqlx::AssertSqlSafe(sqlite.to_owned()))
+                    .execute(&mut conn)
+                    .await
+                    .expect("test statement")
+                    .rows_affected();
+                let _ = conn.close().await;
+                done
+            }
+            TestDb::Postgres { url } => {
+                let mut conn = sqlx::PgConnection::connect(url)
+                    .await
+                    .expect("connect to the test's schema");
+                let done = sqlx::query(sqlx::AssertSqlSafe(postgres.to_owned()))
+                    .execute(&mut conn)
+                    .await
+                    .expect("test statement")
+                    .rows_affected();
+                let _ = conn.close().await;
+                done
+            }
+        }
+    }
 }
 
 pub(crate) fn tokens(body: Value) -> Tokens {

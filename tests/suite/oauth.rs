@@ -793,6 +793,87 @@ async fn the_revocation_feed_tells_another_node_of_a_logout_within_a_second_or_t
     }
 }
 
+/// The feed's cursor is total (issue 27, point 5): 2 500 revocations written by one statement
+/// (one time stamp on SQLite) are paged through, and a logout after them still reaches the
+/// follower.
+#[tokio::test]
+async fn the_feed_pages_through_a_burst_written_by_one_statement_and_goes_on() {
+    let Some(app) = spawn().await else {
+        return;
+    };
+    let owner = app.user("burst@example.com").await;
+    let copy = |id: &str| {
+        format!(
+            "insert into sessions (id, user_id, refresh_hash, refresh_expires_at, created_at, \
+             last_active_at) select {id}, user_id, refresh_hash, refresh_expires_at, \
+             created_at, last_active_at from {{n}}, sessions where id = '{}'",
+            owner.session_id
+        )
+    };
+    let sqlite = copy("printf('0190b6e2-8d4c-7a8e-9f3a-%012x', i)").replace(
+        "{n}",
+        "(with recursive n(i) as (select 1 union all select i + 1 from n where i < 2500) \
+         select i from n)",
+    );
+    let postgres = copy("'0190b6e2-8d4c-7a8e-9f3a-' || lpad(to_hex(i), 12, '0')")
+        .replace("{n}", "generate_series(1, 2500) as i");
+    assert_eq!(app.sql(&sqlite, &postgres).await, 2500);
+    // One statement ends all 2 501 sessions.
+    let r = app
+        .client
+        .post(app.url("/auth/logout"))
+        .bearer_auth(&owner.access)
+        .json(&json!({"scope": "global"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+
+    // A follower pages through the burst, then hears of a later logout.
+    let later = app.user("later@example.com").await;
+    let mut seen = std::collections::HashSet::new();
+    let mut cursor = String::new();
+    let mut logged_out = false;
+    for poll in 0..40 {
+        let page = feed(&app, &cursor, 0).await;
+        seen.extend(revoked(&page));
+        cursor = page["cursor"].as_str().unwrap().to_owned();
+        if seen.len() >= 2501 && !logged_out {
+            let r = app
+                .client
+                .post(app.url("/auth/logout"))
+                .bearer_auth(&later.access)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::NO_CONTENT);
+            logged_out = true;
+        }
+        if seen.contains(&later.session_id) {
+            assert!(seen.contains(&owner.session_id));
+            assert_eq!(
+                seen.len(),
+                2502,
+                "every session of the burst, and the later one"
+            );
+            return;
+        }
+        if poll % 4 == 3 {
+            // Entries become final once older than the overlap (the database's clock).
+            tokio::time::sleep(Duration::from_millis(600)).await;
+        }
+    }
+    panic!(
+        "the follower stalled at {cursor} with {} of 2 501 burst entries{}",
+        seen.len(),
+        if logged_out {
+            " and never heard of the later logout"
+        } else {
+            ""
+        }
+    );
+}
+
 #[tokio::test]
 async fn tokens_from_the_token_endpoint_verify_with_jsonwebtoken_from_the_jwks_alone() {
     for alg in ["EdDSA", "ES256"] {
