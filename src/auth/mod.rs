@@ -222,6 +222,13 @@ pub struct Auth {
     csrf: aws_lc_rs::hmac::Key,
     /// Per OAuth client with an argon2 secret: the SHA-256 of the secret that last passed.
     verified_clients: moka::sync::Cache<String, [u8; 32]>,
+    /// `(client id, client address key)` pairs whose last authentication passed through the
+    /// failure budget: their right secret is taken without consulting it again (the hot path
+    /// of a resource server), for a minute or until a failure from that address.
+    trusted_client_addresses: moka::sync::Cache<(String, String), ()>,
+    /// At most one client-secret argon2 verification at a time on this node, so wrong client
+    /// secrets can never fill the hashing threads that logins need.
+    client_hashing: Arc<tokio::sync::Semaphore>,
     /// When this instance started (the load time of keys from files).
     started_at: OffsetDateTime,
     /// The SMTP side, when `email.smtp_url` is set.
@@ -261,6 +268,11 @@ impl Auth {
             clock,
             csrf,
             verified_clients: moka::sync::Cache::new(1024),
+            trusted_client_addresses: moka::sync::Cache::builder()
+                .max_capacity(16 * 1024)
+                .time_to_live(Duration::from_secs(60))
+                .build(),
+            client_hashing: Arc::new(tokio::sync::Semaphore::new(1)),
             started_at,
             mailer,
             mail_wake: Arc::new(tokio::sync::Notify::new()),

@@ -7,6 +7,7 @@ use aws_lc_rs::constant_time::verify_slices_are_equal;
 use super::{Auth, AuthError, LogoutScope};
 use crate::config::{ClientSecret, OAuthClient, sha256};
 use crate::domain::{ClientInfo, Password};
+use crate::limits::Action;
 use crate::token::RefreshToken;
 
 /// A `client_credentials` access token.
@@ -21,43 +22,120 @@ pub struct ClientToken {
 /// Longest client secret looked at (a longer one is simply wrong).
 const MAX_SECRET_LEN: usize = 256;
 
+/// How long a client-secret verification waits for the one argon2 slot before 503.
+const CLIENT_HASHING_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl Auth {
-    /// The configured client `id` if `secret` is its secret, else `None`. SHA-256 secrets
-    /// are compared in constant time (an unknown client costs the same digest and
-    /// comparison); argon2 secrets are verified on the hashing threads once, then the
-    /// digest of the secret that passed is remembered so that later calls are as cheap.
+    /// The configured client `id` if `secret` is its secret, else `None`.
+    ///
+    /// A wrong secret costs the attacker, never the logins: each failure counts against the
+    /// client id like a wrong password against an account (`rate_limits.failed_logins`, then
+    /// exponential back-off for addresses not known good for the client: 429 before any
+    /// check), and an argon2 verification also takes one from the address's `token` budget
+    /// and waits for this node's single client-hashing slot. SHA-256 secrets are compared in
+    /// constant time (an unknown client costs the same digest and comparison); an argon2
+    /// secret that passed once is remembered by its digest, so later calls are as cheap. A
+    /// right secret from an address whose last attempt passed skips the budget (one cache
+    /// lookup on a resource server's hot path); any other attempt goes through it, so the
+    /// answer during back-off is 429 whether the guess was right or not.
     pub async fn authenticate_client(
         &self,
         id: &str,
         secret: &str,
+        from: &ClientInfo,
     ) -> Result<Option<&OAuthClient>, AuthError> {
         let presented = sha256(secret.as_bytes());
         let Some(client) = self.config.oauth.client(id) else {
             let _ = verify_slices_are_equal(&presented, &sha256(b"no such client"));
             return Ok(None);
         };
-        if secret.len() > MAX_SECRET_LEN {
-            return Ok(None);
+        let address = (
+            client.id.clone(),
+            self.limits.client_key(from.ip.as_deref()),
+        );
+        let known = |presented: &[u8; 32]| match &client.secret {
+            ClientSecret::Sha256(expected) => verify_slices_are_equal(presented, expected).is_ok(),
+            ClientSecret::Argon2(_) => self
+                .verified_clients
+                .get(&client.id)
+                .is_some_and(|d| verify_slices_are_equal(presented, &d).is_ok()),
+        };
+        if self.trusted_client_addresses.contains_key(&address)
+            && secret.len() <= MAX_SECRET_LEN
+            && known(&presented)
+        {
+            return Ok(Some(client));
         }
-        let ok = match &client.secret {
-            ClientSecret::Sha256(expected) => verify_slices_are_equal(&presented, expected).is_ok(),
-            ClientSecret::Argon2(phc) => {
-                let remembered = self.verified_clients.get(&client.id);
-                if remembered.is_some_and(|d| verify_slices_are_equal(&presented, &d).is_ok()) {
-                    true
-                } else {
-                    let Ok(password) = Password::presented(secret, MAX_SECRET_LEN) else {
-                        return Ok(None);
-                    };
-                    let ok = self.hasher.verify(&password, Some(phc)).await?;
-                    if ok {
-                        self.verified_clients.insert(client.id.clone(), presented);
-                    }
-                    ok
-                }
+        let account = format!("client:{}", client.id);
+        let attempt = match self.limits.begin_login(&account, from.ip.as_deref()).await {
+            Ok(attempt) => attempt,
+            Err(retry) => {
+                self.rate_limited(Action::Token, from).await;
+                return Err(AuthError::RateLimited(retry));
             }
         };
+        let ok = if secret.len() > MAX_SECRET_LEN {
+            false
+        } else if known(&presented) {
+            true
+        } else if let ClientSecret::Argon2(phc) = &client.secret {
+            match self
+                .verify_client_secret(client, phc, secret, &presented, from)
+                .await
+            {
+                Ok(ok) => ok,
+                Err(e) => {
+                    self.limits.login_abandoned(attempt).await;
+                    return Err(e);
+                }
+            }
+        } else {
+            false
+        };
+        if ok {
+            self.limits.login_succeeded(attempt).await;
+            self.trusted_client_addresses.insert(address, ());
+        } else {
+            // The reservation stays counted.
+            drop(attempt);
+            self.trusted_client_addresses.invalidate(&address);
+            tracing::info!(event = "client_authentication_failed", client_id = %client.id, "wrong client secret");
+        }
         Ok(ok.then_some(client))
+    }
+
+    /// One argon2 verification of a client secret: from the address's `token` budget, on
+    /// this node's single client-hashing slot (another request may have verified the same
+    /// secret while this one waited for it).
+    async fn verify_client_secret(
+        &self,
+        client: &OAuthClient,
+        phc: &str,
+        secret: &str,
+        presented: &[u8; 32],
+        from: &ClientInfo,
+    ) -> Result<bool, AuthError> {
+        self.limit(Action::Token, from).await?;
+        let Ok(_slot) =
+            tokio::time::timeout(CLIENT_HASHING_WAIT, self.client_hashing.acquire()).await
+        else {
+            return Err(AuthError::Unavailable);
+        };
+        if self
+            .verified_clients
+            .get(&client.id)
+            .is_some_and(|d| verify_slices_are_equal(presented, &d).is_ok())
+        {
+            return Ok(true);
+        }
+        let Ok(password) = Password::presented(secret, MAX_SECRET_LEN) else {
+            return Ok(false);
+        };
+        let ok = self.hasher.verify(&password, Some(phc)).await?;
+        if ok {
+            self.verified_clients.insert(client.id.clone(), *presented);
+        }
+        Ok(ok)
     }
 
     /// An access token for `client` itself (`client_credentials`): its roles and

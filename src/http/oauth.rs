@@ -25,6 +25,7 @@ use super::AppState;
 use super::extract::Client;
 use crate::auth::AuthError;
 use crate::config::OAuthClient;
+use crate::domain::ClientInfo;
 use crate::limits::Action;
 
 /// The OAuth routes, merged into [`super::router`].
@@ -301,11 +302,12 @@ async fn client<'a>(
     state: &'a AppState,
     headers: &HeaderMap,
     form: &Form,
+    from: &ClientInfo,
 ) -> Result<Option<&'a OAuthClient>, OAuthError> {
     match presented_client(headers, form)? {
         Some((id, secret)) => state
             .auth
-            .authenticate_client(&id, &secret)
+            .authenticate_client(&id, &secret, from)
             .await?
             .map(Some)
             .ok_or_else(OAuthError::invalid_client),
@@ -401,7 +403,7 @@ async fn token(
     form: Form,
 ) -> Result<Response, OAuthError> {
     state.auth.limit(Action::Token, &info).await?;
-    let client = client(&state, &headers, &form).await?;
+    let client = client(&state, &headers, &form, &info).await?;
     // Scopes are not used by Keygate: a requested scope is granted as asked (echoed).
     let scope = form
         .get("scope")
@@ -482,7 +484,7 @@ async fn revoke(
     form: Form,
 ) -> Result<Response, OAuthError> {
     state.auth.limit(Action::Token, &info).await?;
-    client(&state, &headers, &form).await?;
+    client(&state, &headers, &form, &info).await?;
     let token = form.required("token")?;
     // `token_type_hint` (any value, RFC 7009 section 2.1) does not change the outcome:
     // refresh and access tokens cannot be mistaken for each other.
@@ -560,10 +562,11 @@ struct LiveToken<'a> {
     responses((status = 200, description = "RFC 7662 (`Cache-Control: no-store`)", body = Introspection)))]
 async fn introspect(
     State(state): State<Arc<AppState>>,
+    Client(info): Client,
     headers: HeaderMap,
     form: Form,
 ) -> Result<Response, OAuthError> {
-    let Some(client) = client(&state, &headers, &form).await? else {
+    let Some(client) = client(&state, &headers, &form, &info).await? else {
         return Err(OAuthError::invalid_client());
     };
     let token = form.required("token")?;
@@ -615,6 +618,7 @@ pub(crate) struct RevocationsBody {
     responses((status = 200, description = "The `sid`s of sessions ended after the cursor, and the next cursor", body = RevocationsBody)))]
 async fn revocations(
     State(state): State<Arc<AppState>>,
+    Client(info): Client,
     headers: HeaderMap,
     axum::extract::RawQuery(query): axum::extract::RawQuery,
 ) -> Result<Response, OAuthError> {
@@ -627,7 +631,7 @@ async fn revocations(
         }
     }
     let query = Form(params);
-    if client(&state, &headers, &Form(BTreeMap::new()))
+    if client(&state, &headers, &Form(BTreeMap::new()), &info)
         .await?
         .is_none()
     {

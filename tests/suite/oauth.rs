@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use futures_util::future::join_all;
 use reqwest::{Response, StatusCode};
 use serde_json::{Value, json};
 
@@ -791,6 +792,84 @@ async fn the_revocation_feed_tells_another_node_of_a_logout_within_a_second_or_t
             .unwrap();
         oauth_error(r, 400, "invalid_request").await;
     }
+}
+
+/// An introspection as client `id` with `secret`, from `ip` (behind the trusted proxy).
+async fn introspect_from(app: &TestApp, ip: &str, id: &str, secret: &str) -> Response {
+    app.client
+        .post(app.url("/oauth/introspect"))
+        .header("x-forwarded-for", ip)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .basic_auth(id, Some(secret))
+        .body("token=nothing")
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Wrong client secrets cannot starve logins (issue 27, point 4): a flood of them for a
+/// client with an argon2 secret runs at most the failed-login allowance of argon2
+/// verifications, one at a time, and is answered 429 after that; logins meanwhile succeed;
+/// the failures back the client id off for other addresses, while the resource server's own
+/// address, known good, keeps working with the right secret.
+#[tokio::test]
+async fn wrong_client_secrets_back_off_per_client_and_never_starve_logins() {
+    let Some(app) = TestApp::spawn_with(&format!(
+        "trusted_proxies = \"127.0.0.1\"\nrate_limits.failed_logins = \"5/15m\"\n\
+         rate_limits.login = \"1000/1m\"\n{}",
+        clients()
+    ))
+    .await
+    else {
+        return;
+    };
+    app.register("busy@example.com").await;
+    let home = "203.0.113.7";
+    let r = introspect_from(&app, home, "argon", ARGON_SECRET).await;
+    assert_eq!(r.status(), StatusCode::OK, "the resource server's address");
+
+    // 66 concurrent wrong secrets from one address, 66 more from as many addresses, and
+    // logins at the same time.
+    let flood = (0..132).map(|i| {
+        let ip = if i < 66 {
+            "198.51.100.1".to_owned()
+        } else {
+            format!("198.51.101.{i}")
+        };
+        let app = &app;
+        async move {
+            introspect_from(app, &ip, "argon", "not the secret at all")
+                .await
+                .status()
+        }
+    });
+    let logins = (0..4).map(|_| app.login_response("busy@example.com", PASSWORD));
+    let (flooded, logged_in) = tokio::join!(join_all(flood), join_all(logins));
+    for r in logged_in {
+        assert_eq!(r.status(), StatusCode::OK, "a login during the flood");
+    }
+    let refused = flooded
+        .iter()
+        .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    let checked = flooded
+        .iter()
+        .filter(|s| **s == StatusCode::UNAUTHORIZED)
+        .count();
+    assert_eq!(refused + checked, 132, "{flooded:?}");
+    assert!(checked <= 5, "{checked} wrong secrets were checked");
+
+    // The client id is in back-off for addresses not known good: even its right secret
+    // waits there, so a guess learns nothing.
+    let r = introspect_from(&app, "198.51.102.1", "argon", ARGON_SECRET).await;
+    oauth_error(r, 429, "temporarily_unavailable").await;
+    // The resource server's address goes on, and so does another client.
+    for _ in 0..3 {
+        let r = introspect_from(&app, home, "argon", ARGON_SECRET).await;
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    let r = introspect_from(&app, "198.51.102.1", "rs", RS_SECRET).await;
+    assert_eq!(r.status(), StatusCode::OK);
 }
 
 /// The feed's cursor is total (issue 27, point 5): 2 500 revocations written by one statement

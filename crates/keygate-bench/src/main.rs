@@ -25,7 +25,8 @@ struct Options {
     connections: usize,
     users: usize,
     out: PathBuf,
-    /// Scenarios to run (`--only healthz,me,fresh,introspect,refresh,cookie,login,mixed`); empty = all.
+    /// Scenarios to run (`--only healthz,me,fresh,introspect,refresh,cookie,login,mixed,flood`);
+    /// empty = all.
     only: Vec<String>,
 }
 
@@ -81,6 +82,82 @@ fn options() -> Options {
 const CLIENT_ID: &str = "bench-rs";
 const CLIENT_SECRET: &str = "benchmark resource server secret";
 
+/// A client with an argon2 secret (as an operator may configure one), the target of the
+/// `flood` scenario's wrong secrets.
+const FLOOD_CLIENT: &str = "bench-argon2";
+const FLOOD_SECRET: &str = "an operator-chosen client secret";
+/// The flood: this many connections, each sending a wrong secret every interval (66 is
+/// enough to fill the hashing queue of a server that verifies each with argon2).
+const FLOOD_CONNECTIONS: usize = 66;
+const FLOOD_INTERVAL: Duration = Duration::from_millis(50);
+
+/// An argon2id PHC string of `secret` with the server's default parameters.
+fn argon2_phc(secret: &str) -> String {
+    use argon2::password_hash::PasswordHasher;
+    let params = argon2::Params::new(19_456, 2, 1, None).expect("params");
+    let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+    let hash: argon2::PasswordHash = argon
+        .hash_password_with_salt(secret.as_bytes(), b"bench salt 16 by")
+        .expect("argon2");
+    hash.to_string()
+}
+
+/// Wrong client secrets for [`FLOOD_CLIENT`] from `ip`, [`FLOOD_CONNECTIONS`] connections
+/// each sending one every [`FLOOD_INTERVAL`] until `stop`; returns the answers by status.
+async fn flood(
+    addr: String,
+    ip: &'static str,
+    stop: Arc<AtomicBool>,
+) -> std::collections::BTreeMap<u16, u64> {
+    let mut tasks = Vec::new();
+    for _ in 0..FLOOD_CONNECTIONS {
+        let (addr, stop) = (addr.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            use base64::Engine as _;
+            let mut seen = std::collections::BTreeMap::new();
+            let basic = base64::engine::general_purpose::STANDARD
+                .encode(format!("{FLOOD_CLIENT}:not the secret at all"));
+            let headers = [
+                ("authorization", format!("Basic {basic}")),
+                ("x-forwarded-for", ip.to_owned()),
+            ];
+            let mut tick = tokio::time::interval(FLOOD_INTERVAL);
+            let mut conn = Conn::open(&addr).await.ok();
+            while !stop.load(Ordering::Relaxed) {
+                tick.tick().await;
+                let Some(c) = conn.as_mut() else {
+                    conn = Conn::open(&addr).await.ok();
+                    continue;
+                };
+                let status = match c
+                    .call_with(
+                        Method::POST,
+                        "/oauth/introspect",
+                        &headers,
+                        Body::Form("token=x".to_owned()),
+                    )
+                    .await
+                {
+                    Ok((status, _, _)) => status,
+                    Err(_) => {
+                        conn = None;
+                        0
+                    }
+                };
+                *seen.entry(status).or_insert(0u64) += 1;
+            }
+            seen
+        }));
+    }
+    let mut all = std::collections::BTreeMap::new();
+    for t in tasks {
+        for (status, n) in t.await.unwrap_or_default() {
+            *all.entry(status).or_insert(0) += n;
+        }
+    }
+    all
+}
+
 /// What each scenario's connection does for its n-th request.
 #[derive(Clone)]
 enum Work {
@@ -91,6 +168,8 @@ enum Work {
     /// the CSRF header.
     CookieRefresh(Arc<Vec<CookieSession>>),
     Login(Arc<Vec<String>>),
+    /// Logins from this client address (`X-Forwarded-For`, the server trusting the bench).
+    LoginFrom(Arc<Vec<String>>, &'static str),
     /// `POST /oauth/introspect` of these access tokens, as a resource server would.
     Introspect(Arc<Vec<String>>),
 }
@@ -188,6 +267,13 @@ async fn run(
                         conn.call(Method::POST, "/auth/login", None, Some(&body))
                             .await
                     }
+                    Work::LoginFrom(emails, ip) => {
+                        let body = json!({"email": emails[n % emails.len()], "password": PASSWORD});
+                        let headers = [("x-forwarded-for", (*ip).to_owned())];
+                        conn.call_with(Method::POST, "/auth/login", &headers, Body::Json(&body))
+                            .await
+                            .map(|(status, _, bytes)| (status, bytes))
+                    }
                     Work::Refresh(_) => {
                         let body = json!({"refresh_token": refresh.clone().unwrap_or_default()});
                         let r = conn
@@ -230,6 +316,7 @@ async fn run(
                     }
                 };
                 let ok = matches!(result, Ok((s, _)) if (200..300).contains(&s));
+
                 if measuring.load(Ordering::Relaxed) {
                     latencies
                         .push(u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX));
@@ -280,6 +367,17 @@ struct Server {
 
 impl Server {
     async fn start(opts: &Options, database_url: Option<String>) -> Server {
+        Server::start_with(opts, database_url, "", false).await
+    }
+
+    /// A server with `extra` configuration (before the clients' tables) and, with `limits`,
+    /// rate limits on.
+    async fn start_with(
+        opts: &Options,
+        database_url: Option<String>,
+        extra: &str,
+        limits: bool,
+    ) -> Server {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -292,7 +390,11 @@ impl Server {
         let config = dir.path().join("keygate.toml");
         std::fs::write(
             &config,
-            format!("[[oauth.clients]]\nid = \"{CLIENT_ID}\"\nsecret = \"{CLIENT_SECRET}\"\n"),
+            format!(
+                "{extra}[[oauth.clients]]\nid = \"{CLIENT_ID}\"\nsecret = \"{CLIENT_SECRET}\"\n\
+                 [[oauth.clients]]\nid = \"{FLOOD_CLIENT}\"\nsecret_hash = \"{}\"\n",
+                argon2_phc(FLOOD_SECRET)
+            ),
         )
         .expect("write the configuration");
         let child = keygate_bench::keygate_command(&opts.server)
@@ -300,8 +402,12 @@ impl Server {
             .args(["serve", "--listen", &addr, "--config"])
             .arg(&config)
             .env("KEYGATE_DATABASE_URL", &db)
-            // All load comes from one address: per-IP limits would measure the limiter.
-            .env("KEYGATE_RATE_LIMITS__ENABLED", "false")
+            // All load comes from one address: per-IP limits would measure the limiter
+            // (except where a scenario is about them).
+            .env(
+                "KEYGATE_RATE_LIMITS__ENABLED",
+                if limits { "true" } else { "false" },
+            )
             .env("KEYGATE_LOG__LEVEL", "warn")
             .env("KEYGATE_LOG__FORMAT", "json")
             .stdout(std::process::Stdio::null())
@@ -649,7 +755,7 @@ async fn suite(opts: &Options, backend: &str, database_url: Option<String>) -> V
         // Logins saturating the hash pool while /auth/me is served.
         let me_tokens = Arc::new(access.clone());
         let (login_mix, me_mix) = tokio::join!(
-            run(&addr, Work::Login(Arc::new(emails)), c / 2, w, d),
+            run(&addr, Work::Login(Arc::new(emails.clone())), c / 2, w, d),
             run(&addr, Work::Me(me_tokens), c / 2, w, d),
         );
         rows.push(row("  mixed: POST /auth/login", &login_mix, health.rps));
@@ -658,8 +764,44 @@ async fn suite(opts: &Options, backend: &str, database_url: Option<String>) -> V
     }
     let rss = server.peak_rss_mb();
     println!("peak RSS of the server: {:.1} MiB", rss.unwrap_or(0.0));
-    report.insert("scenarios".into(), Value::Array(rows));
     report.insert("peak_rss_mib".into(), json!(rss));
+    if opts.wants("flood") {
+        // Logins from one address, alone and then while wrong client secrets flood in from
+        // another, on a server with its rate limits on (as deployed) that trusts the bench
+        // as its proxy; the ratio of the two is the measure.
+        // A second server on the same database (the first, idle, keeps its directory).
+        let flood_server = Server::start_with(
+            opts,
+            Some(db_url.clone()),
+            "trusted_proxies = [\"127.0.0.1\"]\nrate_limits.login = \"1000000/1m\"\n",
+            true,
+        )
+        .await;
+        let addr = flood_server.addr.clone();
+        let emails = Arc::new(emails);
+        let alone = run(&addr, Work::LoginFrom(emails.clone(), "192.0.2.1"), c, w, d).await;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flooding = tokio::spawn(flood(addr.clone(), "198.51.100.66", stop.clone()));
+        let flooded = run(&addr, Work::LoginFrom(emails, "192.0.2.1"), c, w, d).await;
+        stop.store(true, Ordering::Relaxed);
+        let answers = flooding.await.unwrap_or_default();
+        rows.push(row("POST /auth/login, alone", &alone, health.rps));
+        rows.push(row("POST /auth/login, client flood", &flooded, health.rps));
+        let ratio = if alone.rps > 0.0 {
+            flooded.rps / alone.rps
+        } else {
+            0.0
+        };
+        let sent: u64 = answers.values().sum();
+        println!(
+            "{:<34} logins under a flood of wrong client secrets / alone: {ratio:.3} \
+             ({sent} flood requests, answers {answers:?})",
+            ""
+        );
+        report.insert("login_under_client_flood_ratio".into(), json!(ratio));
+        report.insert("client_flood_answers".into(), json!(answers));
+    }
+    report.insert("scenarios".into(), Value::Array(rows));
     Value::Object(report)
 }
 
