@@ -164,6 +164,11 @@ fn open_key(envelope: &Envelope, key: StoredKey) -> Result<StoredKey, StartupErr
 }
 
 fn key_error(kid: &str, reason: EnvelopeError) -> StartupError {
+    sealed_error(format!("signing key `{kid}`"), reason)
+}
+
+/// A sealed value that cannot be used, with what to do about it.
+pub(super) fn sealed_error(what: String, reason: EnvelopeError) -> StartupError {
     let hint = match reason {
         EnvelopeError::NoKek => {
             "; set signing.key_encryption_key (or signing.key_encryption_key_file) to the key it was encrypted with"
@@ -173,11 +178,7 @@ fn key_error(kid: &str, reason: EnvelopeError) -> StartupError {
         }
         EnvelopeError::Corrupt | EnvelopeError::NothingToSealWith => "",
     };
-    StartupError::KeyEncryption {
-        kid: kid.to_owned(),
-        reason,
-        hint,
-    }
+    StartupError::KeyEncryption { what, reason, hint }
 }
 
 /// What [`seal_stored_keys`] did.

@@ -133,7 +133,7 @@ impl Auth {
             return Ok(seed.to_owned());
         }
         envelope
-            .seal(seed.as_bytes(), &format!("totp:{}", user.id))
+            .seal(seed.as_bytes(), &super::sealed::totp_name(user.id))
             .map_err(|e| AuthError::Internal(format!("sealing a TOTP seed: {e}")))
     }
 
@@ -142,7 +142,7 @@ impl Auth {
         self.config
             .signing
             .envelope()
-            .open(stored, &format!("totp:{user}"))
+            .open(stored, &super::sealed::totp_name(user))
             .map(|s| s.expose_secret().to_owned())
             .map_err(|e| AuthError::Internal(format!("opening a TOTP seed: {e}")))
     }

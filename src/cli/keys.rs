@@ -105,12 +105,19 @@ pub(super) async fn run(cmd: KeysCommand, auth: &Auth) -> Result<(), Failure> {
                         .to_owned(),
                 ));
             };
-            let report = crate::auth::seal_stored_keys(&envelope, auth.store(), true)
+            let r = auth
+                .rekey()
                 .await
                 .map_err(|e| Failure::Runtime(e.to_string()))?;
             println!(
-                "{} signing key(s) encrypted under key encryption key {kek} now, {} already were",
-                report.sealed, report.unchanged
+                "encrypted under key encryption key {kek} now (already before): signing keys {} ({}), \
+                 two-factor seeds {} ({}), server secrets {} ({})",
+                r.signing_keys.sealed,
+                r.signing_keys.unchanged,
+                r.totp_seeds.sealed,
+                r.totp_seeds.unchanged,
+                r.server_secrets.sealed,
+                r.server_secrets.unchanged
             );
         }
     }

@@ -13,6 +13,7 @@ mod mail;
 mod mfa;
 mod purge;
 mod revocations;
+mod sealed;
 mod sessions;
 mod users;
 
@@ -32,6 +33,7 @@ pub use mail::{EmailTokenRecord, MailKind, NewEmailToken, NewMail, OutboxRecord,
 pub use mfa::{ChallengeRecord, MFA_ATTEMPTS, NewChallenge, TotpRecord};
 pub use purge::{MAIL_RETENTION, PurgeCounts, TableCounts};
 pub use revocations::{FeedEntry, RevocationPage};
+pub use sealed::SealedGroup;
 pub use sessions::{NewSession, Rotation, SessionRecord};
 pub use users::{NewUser, StoredHash, UserChange, UserRecord};
 

@@ -132,17 +132,28 @@ async fn plain_keys_are_sealed_at_start_rekey_moves_them_and_a_wrong_kek_stops_s
     assert_eq!(app.me_status(&tokens.access).await, 200);
     assert_eq!(stored(&app).await[0].1, sealed_by_1);
     let envelope = app.state.auth.config().signing.envelope();
-    let report = keygate::auth::seal_stored_keys(&envelope, app.state.auth.store(), true)
-        .await
-        .unwrap();
-    assert_eq!((report.sealed, report.unchanged), (1, 0));
+    let report = app.state.auth.rekey().await.unwrap();
+    assert_eq!(
+        (report.signing_keys.sealed, report.signing_keys.unchanged),
+        (1, 0)
+    );
+    // The CSRF server secret moves with it (issue 27, point 7).
+    assert_eq!(
+        (
+            report.server_secrets.sealed,
+            report.server_secrets.unchanged
+        ),
+        (1, 0)
+    );
     let sealed_by_2 = stored(&app).await.remove(0).1;
     assert_ne!(sealed_by_2, sealed_by_1);
     assert_eq!(Envelope::sealed_by(&sealed_by_2), envelope.current_id());
-    let report = keygate::auth::seal_stored_keys(&envelope, app.state.auth.store(), true)
-        .await
-        .unwrap();
-    assert_eq!((report.sealed, report.unchanged), (0, 1));
+    let report = app.state.auth.rekey().await.unwrap();
+    assert_eq!(
+        (report.signing_keys.sealed, report.signing_keys.unchanged),
+        (0, 1)
+    );
+    assert_eq!(report.server_secrets.sealed, 0);
 
     // Only the new KEK now: still starts, same key.
     let app = app.restart(&with_kek(2, &[])).await;
