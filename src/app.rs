@@ -11,7 +11,6 @@ use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tower::ServiceExt as _;
@@ -87,9 +86,10 @@ impl App {
     ///
     /// Connections are served by hyper directly rather than `axum::serve` so that slow clients
     /// are bounded: request headers must arrive within `header_read_timeout` (which also
-    /// closes an idle keep-alive connection), idle HTTP/2 connections are pinged, and
-    /// connections are admitted per client address and globally (`max_connections_per_ip`,
-    /// `max_connections`: the oldest connection without a request is shed for a newcomer).
+    /// closes an idle keep-alive connection), a connection with no request in flight for
+    /// `idle_timeout` is closed (HTTP/2 with a GOAWAY), and connections are admitted per
+    /// client address and globally (`max_connections_per_ip`, `max_connections`: a newcomer
+    /// replaces the oldest connection without a request, else the one idle the longest).
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -117,8 +117,10 @@ impl App {
             .timer(TokioTimer::new())
             .keep_alive_interval(Some(Duration::from_secs(30)))
             .max_header_list_size(64 * 1024);
-        let graceful = GracefulShutdown::new();
+        // How many connection tasks are running: shutdown waits for it to reach zero.
+        let (live, mut live_watch) = tokio::sync::watch::channel(0usize);
         let config = self.state.auth.config();
+        let idle_timeout = config.idle_timeout;
         let connections = Arc::new(Connections::new(
             config.max_connections,
             config.max_connections_per_ip,
@@ -149,38 +151,69 @@ impl App {
                     continue;
                 }
             };
+            let activity = admitted.activity().clone();
             let admitted = Arc::new(admitted);
             let _ = stream.set_nodelay(true);
-            let service = router.clone().map_request({
-                let admitted = admitted.clone();
-                move |mut req: hyper::Request<hyper::body::Incoming>| {
-                    admitted.served();
+            let service = {
+                let (router, admitted) = (router.clone(), admitted.clone());
+                tower::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    // In flight until its response is ready: this connection is not idle.
+                    let busy = admitted.busy();
                     req.extensions_mut().insert(ConnectInfo(peer));
-                    req.map(axum::body::Body::new)
-                }
-            });
+                    let answer = router.clone().oneshot(req.map(axum::body::Body::new));
+                    async move {
+                        let response = answer.await;
+                        drop(busy);
+                        response
+                    }
+                })
+            };
             let conn = builder
                 .serve_connection_with_upgrades(
                     TokioIo::new(stream),
                     TowerToHyperService::new(service),
                 )
                 .into_owned();
-            let conn = graceful.watch(conn);
+            let state = self.state.clone();
+            live.send_modify(|n| *n += 1);
+            let live = live.clone();
             tokio::spawn(async move {
-                tokio::select! {
-                    result = conn => if let Err(e) = result {
-                        tracing::debug!(error = %e, "connection ended with an error");
-                    },
-                    // Shed for a newcomer before it delivered a request: dropping the
-                    // connection closes it.
-                    Ok(()) = shed => tracing::debug!("connection without a request shed"),
+                let mut conn = std::pin::pin!(conn);
+                let mut shed = std::pin::pin!(shed);
+                let mut closing = false;
+                loop {
+                    tokio::select! {
+                        result = conn.as_mut() => {
+                            if let Err(e) = result {
+                                tracing::debug!(error = %e, "connection ended with an error");
+                            }
+                            break;
+                        }
+                        // Shed for a newcomer: dropping the connection closes it.
+                        Ok(()) = &mut shed, if !closing => {
+                            tracing::debug!("connection shed for a newcomer");
+                            break;
+                        }
+                        // Shutdown, or idle too long: finish what is in flight, then close
+                        // (HTTP/2 says GOAWAY; an idle HTTP/1.1 connection closes at once).
+                        () = state.drained(), if !closing => {
+                            conn.as_mut().graceful_shutdown();
+                            closing = true;
+                        }
+                        () = idle_expired(&activity, idle_timeout), if !closing => {
+                            tracing::debug!("idle connection closed");
+                            conn.as_mut().graceful_shutdown();
+                            closing = true;
+                        }
+                    }
                 }
                 drop(admitted);
+                live.send_modify(|n| *n -= 1);
             });
         }
         drop(self.listener);
         let timeout = self.state.auth.config().shutdown_timeout;
-        if tokio::time::timeout(timeout, graceful.shutdown())
+        if tokio::time::timeout(timeout, live_watch.wait_for(|n| *n == 0))
             .await
             .is_err()
         {
@@ -200,6 +233,18 @@ impl App {
     /// Serves until SIGTERM or Ctrl-C.
     pub async fn run(self) -> std::io::Result<()> {
         self.run_until(shutdown_signal()).await
+    }
+}
+
+/// Resolves once the connection has had no request in flight for `timeout`.
+async fn idle_expired(activity: &crate::conns::Activity, timeout: Duration) {
+    loop {
+        let wait = match activity.idle_for() {
+            Some(idle) if idle >= timeout => return,
+            Some(idle) => timeout - idle,
+            None => timeout,
+        };
+        tokio::time::sleep(wait).await;
     }
 }
 

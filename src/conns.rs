@@ -1,22 +1,28 @@
-//! Connection admission: who gets one of the server's connection slots.
+//! Connection admission: who gets one of the server's connection slots, and which connection
+//! makes room for a newcomer.
 //!
-//! Two rules keep one client from taking every slot with connections that never send a
-//! request (headers trickled in, or nothing at all):
+//! Two rules keep one client from taking every slot:
 //!
 //! - **Per client address**: at most `max_connections_per_ip` open connections per IPv4
-//!   address or IPv6 network (`rate_limits.ipv6_prefix`); a connection beyond it is closed at
-//!   once. `trusted_proxies` are exempt: one proxy carries many clients.
-//! - **Globally**: at `max_connections`, the oldest connection that has not yet delivered a
-//!   whole request is closed to make room for the newcomer. Connections that have delivered
-//!   one are not shed: a newcomer is refused only when every open connection has (then the
-//!   server is simply full of real clients, and idle ones leave within `header_read_timeout`).
+//!   address or IPv6 network (`rate_limits.ipv6_prefix`, the networks the rate limits count
+//!   by); a connection beyond it is closed at once. `trusted_proxies` are exempt: one proxy
+//!   carries many clients.
+//! - **Globally**: at `max_connections`, a newcomer takes the place of the oldest connection
+//!   that has not yet delivered a whole request (headers trickled in, or nothing at all), else
+//!   of the connection idle the longest (a keep-alive or HTTP/2 connection with no request in
+//!   flight). Only when every connection has a request in flight is a newcomer refused: the
+//!   server is then simply busy with real work.
 //!
-//! Every operation takes one short lock and is O(log n).
+//! Each connection's [`Activity`] (requests in flight, when the last one ended) is kept with
+//! atomics, so a request costs two atomic updates and no lock after its connection's first;
+//! the registry's lock is taken to admit, to drop, and (at the cap only) to choose whom to shed
+//! with one pass over the open connections.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -25,8 +31,49 @@ use tokio::sync::oneshot;
 pub(crate) enum Refused {
     /// Its address already holds `max_connections_per_ip` connections.
     PerAddress,
-    /// The server is at `max_connections` and every connection has delivered a request.
+    /// The server is at `max_connections` and every connection has a request in flight.
     Full,
+}
+
+/// The process's reference instant for [`Activity`]'s millisecond stamps.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn millis_since_epoch() -> u64 {
+    u64::try_from(epoch().elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// What one connection is doing: requests in flight and when the last one ended.
+#[derive(Debug)]
+pub(crate) struct Activity {
+    in_flight: AtomicUsize,
+    /// Milliseconds since [`epoch`] when the connection opened or a request ended.
+    last: AtomicU64,
+    /// Whether it has delivered a whole request yet.
+    served: AtomicBool,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            in_flight: AtomicUsize::new(0),
+            last: AtomicU64::new(millis_since_epoch()),
+            served: AtomicBool::new(false),
+        }
+    }
+
+    /// How long it has had no request in flight; `None` while one is.
+    pub(crate) fn idle_for(&self) -> Option<Duration> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let last = self.last.load(Ordering::Acquire);
+        Some(Duration::from_millis(
+            millis_since_epoch().saturating_sub(last),
+        ))
+    }
 }
 
 /// The open connections, by address and by age.
@@ -44,12 +91,9 @@ struct State {
     next_id: u64,
     open: usize,
     per_address: HashMap<IpAddr, usize>,
-    /// Connections that have not delivered a request yet, oldest first, with the sender that
-    /// closes each.
-    waiting: BTreeMap<u64, oneshot::Sender<()>>,
-    /// Connections told to close for a newcomer and no longer counted in `open`, until their
-    /// task drops them.
-    shed: HashSet<u64>,
+    /// Every open connection (not yet shed), oldest first: its activity and the sender that
+    /// closes it.
+    live: BTreeMap<u64, (Arc<Activity>, oneshot::Sender<()>)>,
 }
 
 /// One admitted connection. Dropping it gives its slot back.
@@ -58,7 +102,18 @@ pub(crate) struct Admitted {
     registry: Arc<Connections>,
     id: u64,
     address: Option<IpAddr>,
-    served: AtomicBool,
+    activity: Arc<Activity>,
+}
+
+/// A request in flight on a connection; dropping it marks the end of the request.
+#[derive(Debug)]
+pub(crate) struct Busy(Arc<Activity>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.last.store(millis_since_epoch(), Ordering::Release);
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Connections {
@@ -105,14 +160,13 @@ impl Connections {
             return Err(Refused::PerAddress);
         }
         if state.open >= self.max {
-            // The oldest connection still waiting for its first request makes room. Its slot
-            // is counted free from now on, whenever its task gets to closing it (so a burst of
-            // newcomers sheds one connection each, not one per newcomer per pending close).
-            let Some((shed, close)) = state.waiting.pop_first() else {
-                return Err(Refused::Full);
-            };
-            let _ = close.send(());
-            state.shed.insert(shed);
+            // Its slot is counted free from now on, whenever its task gets to closing it (so
+            // a burst of newcomers sheds one connection each, not one per newcomer per pending
+            // close).
+            let shed = choose_shed(&state.live).ok_or(Refused::Full)?;
+            if let Some((_, close)) = state.live.remove(&shed) {
+                let _ = close.send(());
+            }
             state.open -= 1;
         }
         let id = state.next_id;
@@ -122,13 +176,14 @@ impl Connections {
             *state.per_address.entry(address).or_default() += 1;
         }
         let (close, closed) = oneshot::channel();
-        state.waiting.insert(id, close);
+        let activity = Arc::new(Activity::new());
+        state.live.insert(id, (activity.clone(), close));
         drop(state);
         let admitted = Admitted {
             registry: self.clone(),
             id,
             address,
-            served: AtomicBool::new(false),
+            activity,
         };
         Ok((admitted, closed))
     }
@@ -140,18 +195,34 @@ impl Connections {
     }
 }
 
-impl Admitted {
-    /// The connection delivered a whole request: it is no longer the first to be shed.
-    /// Cheap after the first call.
-    pub(crate) fn served(&self) {
-        if !self.served.swap(true, Ordering::Relaxed) {
-            let mut state = self
-                .registry
-                .state
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            state.waiting.remove(&self.id);
+/// Whom a newcomer replaces: the oldest connection that has not delivered a request, else
+/// the one idle the longest; `None` when every connection has a request in flight.
+fn choose_shed(live: &BTreeMap<u64, (Arc<Activity>, oneshot::Sender<()>)>) -> Option<u64> {
+    let mut idlest: Option<(Duration, u64)> = None;
+    for (id, (activity, _)) in live {
+        if !activity.served.load(Ordering::Acquire) {
+            return Some(*id);
         }
+        if let Some(idle) = activity.idle_for()
+            && idlest.is_none_or(|(longest, _)| idle > longest)
+        {
+            idlest = Some((idle, *id));
+        }
+    }
+    idlest.map(|(_, id)| id)
+}
+
+impl Admitted {
+    /// A request arrived whole: it is in flight until the returned guard drops.
+    pub(crate) fn busy(&self) -> Busy {
+        self.activity.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.activity.served.store(true, Ordering::Release);
+        Busy(self.activity.clone())
+    }
+
+    /// The connection's activity (for its idle timeout).
+    pub(crate) fn activity(&self) -> &Arc<Activity> {
+        &self.activity
     }
 }
 
@@ -162,9 +233,8 @@ impl Drop for Admitted {
             .state
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        state.waiting.remove(&self.id);
         // A shed connection's slot was already given to the newcomer it made room for.
-        if !state.shed.remove(&self.id) {
+        if state.live.remove(&self.id).is_some() {
             state.open = state.open.saturating_sub(1);
         }
         if let Some(address) = self.address {
@@ -227,7 +297,7 @@ mod tests {
         let (second, mut second_closed) = conns.admit(ip("192.0.2.2")).unwrap();
         let (third, mut third_closed) = conns.admit(ip("192.0.2.3")).unwrap();
         // The first has delivered a request: the second is the oldest still waiting.
-        first.served();
+        let first_busy = first.busy();
         let (fourth, _) = conns.admit(ip("192.0.2.4")).unwrap();
         assert!(
             second_closed.try_recv().is_ok(),
@@ -237,11 +307,50 @@ mod tests {
         assert_eq!(conns.open(), 3, "the shed one no longer counts");
         drop(second);
         assert_eq!(conns.open(), 3);
-        // With every connection served, a newcomer is refused rather than a client cut off.
-        third.served();
-        fourth.served();
+        // With a request in flight on every connection, a newcomer is refused rather than a
+        // request cut off.
+        let third_busy = third.busy();
+        let fourth_busy = fourth.busy();
         assert_eq!(conns.admit(ip("192.0.2.5")).unwrap_err(), Refused::Full);
-        drop(first);
-        assert!(conns.admit(ip("192.0.2.5")).is_ok());
+        // Once a request ends, its connection is idle: it makes room.
+        drop(third_busy);
+        let (fifth, _) = conns.admit(ip("192.0.2.5")).unwrap();
+        assert!(
+            third_closed.try_recv().is_ok(),
+            "the idle one is told to close"
+        );
+        assert!(first_closed.try_recv().is_err());
+        drop((first_busy, fourth_busy, fifth, first, third));
+    }
+
+    #[test]
+    fn the_connection_idle_the_longest_makes_room() {
+        let conns = Arc::new(Connections::new(2, 0, 64, vec![]));
+        let (a, mut a_closed) = conns.admit(ip("192.0.2.1")).unwrap();
+        let (b, mut b_closed) = conns.admit(ip("192.0.2.2")).unwrap();
+        drop(a.busy());
+        std::thread::sleep(Duration::from_millis(20));
+        drop(b.busy());
+        assert!(a.activity().idle_for().unwrap() > b.activity().idle_for().unwrap());
+        let (_c, _) = conns.admit(ip("192.0.2.3")).unwrap();
+        assert!(a_closed.try_recv().is_ok(), "idle the longest");
+        assert!(b_closed.try_recv().is_err());
+        let busy = b.busy();
+        assert!(b.activity().idle_for().is_none());
+        drop(busy);
+        assert!(b.activity().idle_for().is_some());
+    }
+
+    #[test]
+    fn an_ipv6_client_is_counted_by_the_configured_network() {
+        // rate_limits.ipv6_prefix = 56: a whole /56 shares one allowance.
+        let conns = Arc::new(Connections::new(100, 2, 56, vec![]));
+        let _a = conns.admit(ip("2001:db8:0:1::1")).unwrap();
+        let _b = conns.admit(ip("2001:db8:0:ff::1")).unwrap();
+        assert_eq!(
+            conns.admit(ip("2001:db8:0:42::1")).unwrap_err(),
+            Refused::PerAddress
+        );
+        assert!(conns.admit(ip("2001:db8:0:100::1")).is_ok());
     }
 }

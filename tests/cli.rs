@@ -347,6 +347,117 @@ fn at_the_connection_cap_the_oldest_half_open_connection_makes_room() {
     );
 }
 
+/// Issue 27, point 6: connections that have served a request are shed too once idle, so a
+/// few addresses holding kept-alive connections cannot keep a newcomer out.
+#[test]
+fn at_the_connection_cap_idle_keep_alive_connections_make_room() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, addr) = serve(
+        dir.path(),
+        &[
+            ("KEYGATE_HEADER_READ_TIMEOUT", "60s"),
+            ("KEYGATE_MAX_CONNECTIONS", "20"),
+            ("KEYGATE_MAX_CONNECTIONS_PER_IP", "0"),
+        ],
+    );
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (status, oldest_closed, newest_closed) = runtime.block_on(async {
+        let mut held = Vec::new();
+        for _ in 0..20 {
+            let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .unwrap();
+            let mut buf = [0u8; 1024];
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+            held.push(s);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let status = healthz_from_elsewhere(&addr, Duration::from_secs(10)).await;
+        let oldest_closed = closed_by_server(&mut held[0]).await;
+        let newest_closed = closed_by_server(held.last_mut().unwrap()).await;
+        (status, oldest_closed, newest_closed)
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(status, "HTTP/1.1 200 OK", "the newcomer was kept out");
+    assert!(oldest_closed, "the connection idle the longest was kept");
+    assert!(
+        !newest_closed,
+        "a more recently active one was closed instead"
+    );
+}
+
+/// Issue 27, point 6: an HTTP/2 connection with no request in flight is closed after
+/// `idle_timeout`, with a GOAWAY (HTTP/2's pings alone would keep it open for ever).
+#[test]
+fn an_idle_http2_connection_is_closed_with_a_goaway_after_the_idle_timeout() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, addr) = serve(dir.path(), &[("KEYGATE_IDLE_TIMEOUT", "1s")]);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (frames, closed_after) = runtime.block_on(async {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        // The client preface and an empty SETTINGS frame (RFC 9113, prior knowledge).
+        s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+            .await
+            .unwrap();
+        let opened = std::time::Instant::now();
+        let mut stream = Vec::new();
+        let mut frames = Vec::new();
+        let mut acked = false;
+        let read = tokio::time::timeout(Duration::from_secs(10), async {
+            let mut buf = [0u8; 4096];
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => stream.extend_from_slice(&buf[..n]),
+                }
+                // Whole frames: 3 bytes of length, type, flags, 4 bytes of stream id.
+                while stream.len() >= 9 {
+                    let len = usize::from(stream[0]) << 16
+                        | usize::from(stream[1]) << 8
+                        | usize::from(stream[2]);
+                    if stream.len() < 9 + len {
+                        break;
+                    }
+                    let (kind, flags) = (stream[3], stream[4]);
+                    frames.push(kind);
+                    let payload: Vec<u8> = stream[9..9 + len].to_vec();
+                    stream.drain(..9 + len);
+                    // A PING is answered, as any client does (the graceful close waits for it).
+                    if kind == 6 && flags & 1 == 0 {
+                        let mut ack = vec![0, 0, 8, 6, 1, 0, 0, 0, 0];
+                        ack.extend_from_slice(&payload);
+                        let _ = s.write_all(&ack).await;
+                    }
+                }
+                if !acked && frames.contains(&4) {
+                    acked = true;
+                    let _ = s.write_all(b"\0\0\0\x04\x01\0\0\0\0").await;
+                }
+            }
+        })
+        .await;
+        (frames, read.is_ok().then(|| opened.elapsed()))
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    let closed_after = closed_after.unwrap_or_else(|| {
+        panic!("the idle HTTP/2 connection was still open after 10 s (frames: {frames:?})")
+    });
+    assert!(
+        frames.contains(&7),
+        "no GOAWAY before the close: {frames:?}"
+    );
+    assert!(
+        closed_after >= Duration::from_millis(900),
+        "{closed_after:?}"
+    );
+}
+
 #[test]
 fn an_idle_keep_alive_connection_is_closed_after_the_header_timeout() {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};

@@ -82,8 +82,12 @@ pub struct Config {
     /// A client must send its request headers within this (each request's, and so an idle
     /// keep-alive connection is closed after it too).
     pub header_read_timeout: Duration,
-    /// Open connections at most; at the cap the oldest connection that has not yet sent a
-    /// whole request is closed for a newcomer.
+    /// A connection with no request in flight for this long is closed (HTTP/2 with a GOAWAY;
+    /// an idle HTTP/1.1 keep-alive connection goes after `header_read_timeout` already).
+    pub idle_timeout: Duration,
+    /// Open connections at most; at the cap a newcomer takes the place of the oldest
+    /// connection that has not sent a whole request yet, else of the one idle the longest
+    /// (no request in flight); only when every connection is busy is it refused.
     pub max_connections: usize,
     /// Open connections per client address (an IPv6 client's by its `rate_limits.ipv6_prefix`
     /// network) at most; `trusted_proxies` are exempt. 0: no cap.
@@ -481,6 +485,7 @@ impl Config {
                 .map(ToString::to_string)
                 .collect(),
             header_read_timeout: format_duration(self.header_read_timeout),
+            idle_timeout: format_duration(self.idle_timeout),
             max_connections: self.max_connections,
             max_connections_per_ip: self.max_connections_per_ip,
             request_timeout: format_duration(self.request_timeout),
@@ -613,6 +618,7 @@ struct RedactedView<'a> {
     redis_key_prefix: &'a str,
     trusted_proxies: Vec<String>,
     header_read_timeout: String,
+    idle_timeout: String,
     max_connections: usize,
     max_connections_per_ip: usize,
     request_timeout: String,
@@ -763,6 +769,7 @@ struct RawConfig {
     redis_key_prefix: Option<Text>,
     trusted_proxies: Option<TextList>,
     header_read_timeout: Option<Text>,
+    idle_timeout: Option<Text>,
     max_connections: Option<Text>,
     max_connections_per_ip: Option<Text>,
     request_timeout: Option<Text>,
@@ -1128,6 +1135,7 @@ impl TryFrom<RawConfig> for Config {
         let header_read_timeout =
             positive_duration("header_read_timeout", raw.header_read_timeout, "10s")?;
         let request_timeout = positive_duration("request_timeout", raw.request_timeout, "30s")?;
+        let idle_timeout = positive_duration("idle_timeout", raw.idle_timeout, "60s")?;
         let max_connections = number("max_connections", raw.max_connections, 10_000usize)?;
         if max_connections == 0 {
             return Err(ConfigError::key("max_connections", "must be at least 1"));
@@ -1251,6 +1259,7 @@ impl TryFrom<RawConfig> for Config {
             redis_key_prefix,
             trusted_proxies,
             header_read_timeout,
+            idle_timeout,
             max_connections,
             max_connections_per_ip,
             request_timeout,
