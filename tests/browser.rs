@@ -622,6 +622,50 @@ async fn a_wrong_password_is_explained_by_its_field_and_return_to_stays_on_allow
     browser.close().await;
 }
 
+/// Issue 27, point 2: `return_to` spellings that normalise to another host (`/.//evil`,
+/// `/..//evil`, `/%2e//evil`, `/./\evil`) never take the browser off Keygate's origin, neither
+/// after the login form nor for a visitor already logged in (sent on without a click).
+#[tokio::test]
+async fn a_hostile_return_to_never_leaves_keygates_origin() {
+    let Some(browser) = Browser::launch().await else {
+        return;
+    };
+    let kg = Keygate::start("").await;
+    let email = "hal@example.com";
+    kg.register(email).await;
+    let origin = kg.url("");
+    let origin = origin.trim_end_matches('/');
+    let hostile = [
+        "%2F.%2F%2Fevil.example%2Fphish",
+        "%2F..%2F%2Fevil.example",
+        "%2F%252e%2F%2Fevil.example",
+        "%2F.%2F%5Cevil.example",
+    ];
+    for (i, spelling) in hostile.iter().enumerate() {
+        browser
+            .goto(&kg.url(&format!("/ui/login?return_to={spelling}")))
+            .await;
+        assert_eq!(
+            browser.eval("document.body.dataset.returnTo").await,
+            "/ui/account",
+            "{spelling}"
+        );
+        if i == 0 {
+            // Through the form.
+            browser.fill("#login-login", email).await;
+            browser.fill("#login-password", PASSWORD).await;
+            browser.click("#login button[type=submit]").await;
+        }
+        // Logged in (the first time by the form, afterwards from the cookie): the page sends
+        // the visitor on at once, to this origin's account page.
+        browser
+            .wait_until("location.pathname === '/ui/account'")
+            .await;
+        assert_eq!(browser.eval("location.origin").await, origin, "{spelling}");
+    }
+    browser.close().await;
+}
+
 #[tokio::test]
 async fn registration_closed_hides_the_page_and_its_link() {
     let Some(browser) = Browser::launch().await else {
