@@ -45,37 +45,11 @@ pub(crate) async fn databases() -> Vec<(String, Option<tempfile::TempDir>)> {
         format!("sqlite://{}", dir.path().join("keygate.db").display()),
         Some(dir),
     )];
-    match std::env::var("KEYGATE_TEST_DATABASE_URL") {
-        Ok(base) => out.push((fresh_schema(&base).await, None)),
-        Err(_) if std::env::var_os("CI").is_some() => {
-            panic!("CI is set and KEYGATE_TEST_DATABASE_URL is not: the PostgreSQL case cannot run")
-        }
-        Err(_) => eprintln!("KEYGATE_TEST_DATABASE_URL not set: PostgreSQL case SKIPPED"),
+    if let Some(base) = keygate_testkit::service_url(
+        "KEYGATE_TEST_DATABASE_URL",
+        "a storage unit test's PostgreSQL case",
+    ) {
+        out.push((keygate_testkit::fresh_schema(&base).await, None));
     }
     out
-}
-
-/// A new schema on the PostgreSQL at `base`, and a URL whose connections use it. Named as the
-/// integration suite names its schemas, so that its clean-up drops this one when it is an
-/// hour old.
-async fn fresh_schema(base: &str) -> String {
-    use sqlx::Connection as _;
-    let mut conn = sqlx::PgConnection::connect(base)
-        .await
-        .expect("KEYGATE_TEST_DATABASE_URL must point at a reachable PostgreSQL");
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs();
-    let schema = format!(
-        "kg_test_{now}_{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..12]
-    );
-    sqlx::query(sqlx::AssertSqlSafe(format!("create schema {schema}")))
-        .execute(&mut conn)
-        .await
-        .expect("create schema");
-    let _ = conn.close().await;
-    let sep = if base.contains('?') { '&' } else { '?' };
-    format!("{base}{sep}options=-c%20search_path%3D{schema}")
 }

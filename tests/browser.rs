@@ -36,10 +36,6 @@ const WAIT: Duration = Duration::from_secs(15);
 /// without timing out.
 static BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !matches!(v.trim(), "" | "0" | "false" | "FALSE" | "False"))
-}
-
 /// Chromium and ChromeDriver (`KEYGATE_CHROMIUM` / `KEYGATE_CHROMEDRIVER`, else Debian's
 /// paths), or `None` after saying that the test is skipped — which fails in CI.
 fn chromium() -> Option<(PathBuf, PathBuf)> {
@@ -51,17 +47,14 @@ fn chromium() -> Option<(PathBuf, PathBuf)> {
     if browser.is_file() && driver.is_file() {
         return Some((browser, driver));
     }
-    assert!(
-        !in_ci(),
-        "CI is set but Chromium is missing ({} / {}): the browser tests must run in CI \
-         (`.ci/run` installs chromium and chromium-driver with apt)",
-        browser.display(),
-        driver.display()
-    );
-    eprintln!(
-        "skipped: the browser tests need Chromium and ChromeDriver; install them with \
-         `sudo apt-get install chromium chromium-driver` (or set KEYGATE_CHROMIUM and \
-         KEYGATE_CHROMEDRIVER)"
+    keygate_testkit::skip(
+        "a browser test",
+        &format!(
+            "install Chromium and ChromeDriver: `sudo apt-get install chromium chromium-driver`, \
+             or set KEYGATE_CHROMIUM and KEYGATE_CHROMEDRIVER (looked for {} and {})",
+            browser.display(),
+            driver.display()
+        ),
     );
     None
 }

@@ -1,42 +1,36 @@
-//! The real `keygate` binary: serve, migrate, config check, exit codes.
+//! The real `keygate` binary: serve, migrate, config check, exit codes, the user, import,
+//! keys and purge commands. Every test that touches the database runs twice
+//! (`keygate_testkit::on_both_databases!`): on the binary's default SQLite file and on a fresh
+//! PostgreSQL schema.
 
 use std::io::{BufRead as _, BufReader};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Output, Stdio};
 use std::time::Duration;
 
-fn keygate(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+use keygate_testkit::{database_url_in, on_both_databases};
+
+/// The longest one command may take before its test fails (a hung binary must not hang the
+/// run).
+const COMMAND_LIMIT: Duration = Duration::from_secs(120);
+
+fn binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_keygate"))
+}
+
+fn keygate(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     keygate_with_stdin(dir, args, env, None)
 }
 
 fn keygate_with_stdin(
-    dir: &std::path::Path,
+    dir: &Path,
     args: &[&str],
     env: &[(&str, &str)],
     stdin: Option<&str>,
 ) -> Output {
-    use std::io::Write as _;
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_keygate"));
-    cmd.current_dir(dir).args(args);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("KEYGATE_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.envs(env.iter().copied());
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("run keygate");
-    if let Some(input) = stdin {
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-    }
-    drop(child.stdin.take());
-    let out = child.wait_with_output().expect("run keygate");
+    let mut cmd = keygate_testkit::keygate_command(binary());
+    cmd.current_dir(dir).args(args).envs(env.iter().copied());
+    let out = keygate_testkit::output_within(&mut cmd, stdin, COMMAND_LIMIT);
     eprintln!(
         "$ keygate {}\nstatus: {}\nstdout:\n{}\nstderr:\n{}",
         args.join(" "),
@@ -160,17 +154,22 @@ fn usage_errors_exit_2() {
     );
 }
 
-#[test]
-fn migrate_creates_the_database() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = keygate(dir.path(), &["migrate"], &[]);
-    assert!(out.status.success());
-    assert!(
-        dir.path().join("keygate.db").exists(),
-        "the default sqlite://keygate.db"
-    );
-    // Idempotent.
-    assert!(keygate(dir.path(), &["migrate"], &[]).status.success());
+on_both_databases! {
+    fn migrate_creates_the_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = keygate(dir.path(), &["migrate"], &[]);
+        assert!(out.status.success());
+        if keygate_testkit::database_url().is_none() {
+            assert!(
+                dir.path().join("keygate.db").exists(),
+                "the default sqlite://keygate.db"
+            );
+        }
+        let url = database_url_in(dir.path());
+        assert_eq!(keygate_testkit::scalar(&url, "select count(*) from users"), 0);
+        // Idempotent.
+        assert!(keygate(dir.path(), &["migrate"], &[]).status.success());
+    }
 }
 
 #[test]
@@ -200,23 +199,17 @@ fn serve_starts_on_the_embedded_default_and_answers() {
 
 /// The real binary serving on a free port with `env` (and nothing else from `KEYGATE_*`);
 /// returns it and the address it reports.
-fn serve(dir: &std::path::Path, env: &[(&str, &str)]) -> (std::process::Child, String) {
+fn serve(dir: &Path, env: &[(&str, &str)]) -> (std::process::Child, String) {
     let (child, addr, _) = serve_with_log(dir, env);
     (child, addr)
 }
 
 /// `serve`, also returning the log lines written before "keygate listening".
 fn serve_with_log(
-    dir: &std::path::Path,
+    dir: &Path,
     env: &[(&str, &str)],
 ) -> (std::process::Child, String, Vec<serde_json::Value>) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_keygate"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("KEYGATE_") {
-            cmd.env_remove(k);
-        }
-    }
-    let mut child = cmd
+    let mut child = keygate_testkit::keygate_command(binary())
         .current_dir(dir)
         .args(["serve", "--listen", "127.0.0.1:0"])
         .env("KEYGATE_LOG__FORMAT", "json")
@@ -495,14 +488,201 @@ fn an_idle_keep_alive_connection_is_closed_after_the_header_timeout() {
     );
 }
 
-#[test]
-fn purge_runs_on_the_database_and_reports_counts() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = keygate(dir.path(), &["purge"], &[]);
-    assert!(out.status.success());
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    assert!(stdout.contains("purged 0 ended sessions"), "{stdout}");
-    assert!(stdout.contains("sessions: 0 -> 0"), "{stdout}");
+/// Ended sessions, with their end moved two days back by SQL (the binary's clock is the
+/// system's): `count` logins of `email`, each logged out, through a server in `dir`.
+fn aged_ended_sessions(dir: &Path, email: &str, count: usize) -> String {
+    let (mut child, addr) = serve(dir, &[("KEYGATE_RATE_LIMITS__ENABLED", "false")]);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let live = runtime.block_on(async {
+        let c = reqwest::Client::new();
+        let base = format!("http://{addr}");
+        let body = serde_json::json!({"email": email, "password": "correct horse battery staple"});
+        let r = c
+            .post(format!("{base}/auth/register"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        for _ in 0..=count {
+            let r = c
+                .post(format!("{base}/auth/login"))
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            let t: serde_json::Value = r.json().await.unwrap();
+            let access = t["access_token"].as_str().unwrap().to_owned();
+            let r = c
+                .post(format!("{base}/auth/logout"))
+                .bearer_auth(&access)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 204);
+        }
+        // One more stays live.
+        let r = c
+            .post(format!("{base}/auth/login"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let t: serde_json::Value = r.json().await.unwrap();
+        t["session_id"].as_str().unwrap().to_owned()
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    let url = database_url_in(dir);
+    // All but one of the ended sessions ended two days ago: past the purge's 24 hours.
+    let aged = keygate_testkit::execute(
+        &url,
+        "update sessions set revoked_at = revoked_at - 172800000 where revoked_at is not null \
+         and id <> (select max(id) from sessions where revoked_at is not null)",
+    );
+    assert_eq!(aged, count as u64);
+    live
+}
+
+on_both_databases! {
+    /// `keygate purge` deletes real expired rows (issue 27, point 10): ended sessions past
+    /// their retention go, the recently ended and the live one stay.
+    fn purge_deletes_expired_rows_and_reports_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = aged_ended_sessions(dir.path(), "purge@example.com", 3);
+        let url = database_url_in(dir.path());
+        assert_eq!(keygate_testkit::scalar(&url, "select count(*) from sessions"), 5);
+        let out = keygate(dir.path(), &["purge"], &[]);
+        assert!(out.status.success());
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        assert!(stdout.contains("purged 3 ended sessions"), "{stdout}");
+        assert!(stdout.contains("sessions: 5 -> 2"), "{stdout}");
+        assert_eq!(
+            keygate_testkit::scalar(
+                &url,
+                &format!("select count(*) from sessions where id = '{live}' and revoked_at is null")
+            ),
+            1
+        );
+        // Nothing more to purge.
+        let out = keygate(dir.path(), &["purge"], &[]);
+        assert!(stdout_of(&out).contains("purged 0 ended sessions"), "{}", stdout_of(&out));
+    }
+}
+
+on_both_databases! {
+    /// A running server purges by itself (at start, then every ten minutes): the periodic
+    /// task is observed deleting real expired rows (issue 27, point 10).
+    fn a_running_server_purges_expired_rows_by_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        aged_ended_sessions(dir.path(), "periodic@example.com", 2);
+        let url = database_url_in(dir.path());
+        let aged = "select count(*) from sessions where revoked_at is not null \
+                    and revoked_at < (select max(revoked_at) from sessions) - 86400000";
+        assert_eq!(keygate_testkit::scalar(&url, aged), 2);
+        let (mut child, _) = serve(dir.path(), &[]);
+        let mut left = 2;
+        for _ in 0..200 {
+            left = keygate_testkit::scalar(&url, aged);
+            if left == 0 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(left, 0, "the server's purge did not delete the expired sessions within 10 s");
+        assert_eq!(keygate_testkit::scalar(&url, "select count(*) from sessions"), 2);
+    }
+}
+
+/// The keys `keygate keys list` prints: `(kid, state)` of each.
+fn listed_keys(dir: &Path) -> Vec<(String, String)> {
+    let out = keygate(dir, &["keys", "list"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    stdout(&out)
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            let kid = words.next()?;
+            let _algorithm = words.next()?;
+            Some((kid.to_owned(), words.next()?.to_owned()))
+        })
+        .collect()
+}
+
+on_both_databases! {
+    /// `keygate keys rotate` and `keys revoke` through the binary (issue 27, point 10): a
+    /// rotation publishes a next key, a second one says it is under way, revoking the next
+    /// key and then the active one leaves a new active key, and a server started afterwards
+    /// publishes only keys in use.
+    fn keys_rotate_and_revoke_through_the_binary() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let keys = listed_keys(d);
+        assert_eq!(keys.len(), 1, "{keys:?}");
+        let (first, state) = keys[0].clone();
+        assert_eq!(state, "active");
+
+        let out = keygate(d, &["keys", "rotate"], &[]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(stdout(&out).starts_with("rotation started: key "), "{}", stdout(&out));
+        let next = listed_keys(d)
+            .into_iter()
+            .find(|(_, s)| s == "next")
+            .expect("a next key")
+            .0;
+        assert!(stdout(&out).contains(&next));
+        let out = keygate(d, &["keys", "rotate"], &[]);
+        assert!(
+            stdout(&out).starts_with(&format!("a rotation is already under way: key {next}")),
+            "{}",
+            stdout(&out)
+        );
+
+        let out = keygate(d, &["keys", "revoke", &next], &[]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(stdout(&out).starts_with(&format!("key {next} revoked (it was next)")));
+        let out = keygate(d, &["keys", "revoke", &first], &[]);
+        assert!(stdout(&out).starts_with(&format!("key {first} revoked (it was active)")));
+        let keys = listed_keys(d);
+        let state_of = |kid: &str| keys.iter().find(|(k, _)| k == kid).map(|(_, s)| s.clone());
+        assert_eq!(state_of(&first).as_deref(), Some("revoked"), "{keys:?}");
+        assert_eq!(state_of(&next).as_deref(), Some("revoked"), "{keys:?}");
+        let active: Vec<_> = keys.iter().filter(|(_, s)| s == "active").collect();
+        assert_eq!(active.len(), 1, "a new key signs: {keys:?}");
+        let active = active[0].0.clone();
+
+        // Revoked is final, and an unknown kid is a usage error.
+        let out = keygate(d, &["keys", "revoke", &first], &[]);
+        assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+        assert!(stderr(&out).contains("no signing key in use"), "{}", stderr(&out));
+
+        let (mut child, addr) = serve(d, &[]);
+        let jwks: serde_json::Value = tokio::runtime::Runtime::new().unwrap().block_on(async {
+            reqwest::get(format!("http://{addr}/.well-known/jwks.json"))
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap()
+        });
+        let _ = child.kill();
+        let _ = child.wait();
+        let kids: Vec<&str> = jwks["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|k| k["kid"].as_str())
+            .collect();
+        assert_eq!(kids, vec![active.as_str()], "{jwks}");
+    }
+}
+
+fn stdout_of(out: &Output) -> String {
+    stdout(out)
 }
 
 fn stdout(out: &Output) -> String {
@@ -513,192 +693,194 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-#[test]
-fn the_user_commands_administer_accounts() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let pw = "correct horse battery staple\n";
-    let out = keygate_with_stdin(
-        d,
-        &[
-            "user",
-            "add",
-            "Root@Example.com",
-            "--role",
-            "admin",
-            "--name",
-            "Root",
-            "--password-stdin",
-        ],
-        &[],
-        Some(pw),
-    );
-    assert!(out.status.success());
-    assert!(stdout(&out).contains("created user") && stdout(&out).contains("root@example.com"));
-    let out = keygate_with_stdin(
-        d,
-        &[
-            "user",
-            "add",
-            "ada@example.com",
-            "--username",
-            "ada",
-            "--password-stdin",
-        ],
-        &[],
-        Some(pw),
-    );
-    assert!(out.status.success());
-
-    let out = keygate(d, &["user", "list"], &[]);
-    assert!(out.status.success());
-    let list = stdout(&out);
-    assert!(
-        list.contains("root@example.com")
-            && list.contains("admin")
-            && list.contains("ada@example.com"),
-        "{list}"
-    );
-
-    let out = keygate(d, &["user", "show", "ada"], &[]);
-    assert!(stdout(&out).contains("email: ada@example.com"));
-    assert!(!stdout(&out).contains("argon2"), "never the hash");
-
-    let out = keygate(
-        d,
-        &["user", "set-roles", "ada@example.com", "editor", "support"],
-        &[],
-    );
-    assert!(out.status.success());
-    assert!(stdout(&out).contains("editor,support"));
-    let out = keygate(d, &["user", "disable", "ada@example.com"], &[]);
-    assert!(out.status.success() && stdout(&out).contains("disabled"));
-    assert!(stdout(&keygate(d, &["user", "show", "ada"], &[])).contains("active: false"));
-    assert!(keygate(d, &["user", "enable", "ada"], &[]).status.success());
-
-    let out = keygate_with_stdin(
-        d,
-        &["user", "reset-password", "ada", "--password-stdin"],
-        &[],
-        Some("a completely new passphrase\n"),
-    );
-    assert!(out.status.success(), "{}", stderr(&out));
-    let out = keygate(d, &["sessions", "list", "ada"], &[]);
-    assert!(out.status.success());
-    let out = keygate(
-        d,
-        &["sessions", "revoke", "01900000-0000-7000-8000-000000000000"],
-        &[],
-    );
-    assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("no live session"));
-
-    let out = keygate(d, &["keys", "list"], &[]);
-    assert!(out.status.success());
-    assert!(
-        stdout(&out).contains("EdDSA") && stdout(&out).contains("active"),
-        "{}",
-        stdout(&out)
-    );
-
-    let out = keygate(d, &["audit", "--user", "ada", "--limit", "10"], &[]);
-    assert!(out.status.success());
-    let audit = stdout(&out);
-    for event in [
-        "user_created",
-        "user_updated",
-        "user_disabled",
-        "password_changed",
-    ] {
-        assert!(audit.contains(event), "{event} in {audit}");
-    }
-    let out = keygate(d, &["audit", "--event", "user_disabled"], &[]);
-    assert_eq!(stdout(&out).lines().count(), 2, "a header and one event");
-
-    // Verification and two-factor, by an operator.
-    assert!(stdout(&keygate(d, &["user", "show", "ada"], &[])).contains("email_verified: false"));
-    let out = keygate(d, &["user", "verify-email", "ada"], &[]);
-    assert!(
-        out.status.success() && stdout(&out).contains("marked verified"),
-        "{}",
-        stderr(&out)
-    );
-    assert!(stdout(&keygate(d, &["user", "show", "ada"], &[])).contains("email_verified: true"));
-    let out = keygate(d, &["user", "reset-mfa", "ada"], &[]);
-    assert!(out.status.success() && stdout(&out).contains("nothing changed"));
-    // Two-factor turned on in the database the commands use (as the API would), then off.
-    tokio::runtime::Runtime::new().unwrap().block_on(async {
-        let url = format!("sqlite://{}", d.join("keygate.db").display());
-        let config = keygate::Config::from_toml(&format!("database_url = \"{url}\"")).unwrap();
-        let store = keygate::store::Store::connect(&config).await.unwrap();
-        let ada = store.find_user_by_login("ada").await.unwrap().unwrap();
-        let now = time::OffsetDateTime::now_utc();
-        assert!(
-            store
-                .start_totp(ada.id, "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ", now)
-                .await
-                .unwrap()
+on_both_databases! {
+    fn the_user_commands_administer_accounts() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let pw = "correct horse battery staple\n";
+        let out = keygate_with_stdin(
+            d,
+            &[
+                "user",
+                "add",
+                "Root@Example.com",
+                "--role",
+                "admin",
+                "--name",
+                "Root",
+                "--password-stdin",
+            ],
+            &[],
+            Some(pw),
         );
-        let keep = keygate::domain::SessionId::new();
-        assert!(store.confirm_totp(ada.id, 1, &[], keep, now).await.unwrap());
-        store.close().await;
-    });
-    assert!(stdout(&keygate(d, &["user", "show", "ada"], &[])).contains("mfa_enabled: true"));
-    let out = keygate(d, &["user", "reset-mfa", "ada@example.com"], &[]);
-    assert!(
-        out.status.success() && stdout(&out).contains("turned off"),
-        "{}",
-        stdout(&out)
-    );
-    assert!(stdout(&keygate(d, &["user", "show", "ada"], &[])).contains("mfa_enabled: false"));
-    let out = keygate(d, &["audit", "--event", "mfa_disabled"], &[]);
-    assert_eq!(
-        stdout(&out).lines().count(),
-        3,
-        "a header and two events: {}",
-        stdout(&out)
-    );
+        assert!(out.status.success());
+        assert!(stdout(&out).contains("created user") && stdout(&out).contains("root@example.com"));
+        let out = keygate_with_stdin(
+            d,
+            &[
+                "user",
+                "add",
+                "ada@example.com",
+                "--username",
+                "ada",
+                "--password-stdin",
+            ],
+            &[],
+            Some(pw),
+        );
+        assert!(out.status.success());
 
-    let out = keygate(d, &["user", "delete", "ada"], &[]);
-    assert!(out.status.success());
-    let out = keygate(d, &["user", "show", "ada"], &[]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("no user with id, email or username `ada`"),
-        "{}",
-        stderr(&out)
-    );
+        let out = keygate(d, &["user", "list"], &[]);
+        assert!(out.status.success());
+        let list = stdout(&out);
+        assert!(
+            list.contains("root@example.com")
+                && list.contains("admin")
+                && list.contains("ada@example.com"),
+            "{list}"
+        );
+
+        let out = keygate(d, &["user", "show", "ada"], &[]);
+        assert!(stdout(&out).contains("email: ada@example.com"));
+        assert!(!stdout(&out).contains("argon2"), "never the hash");
+
+        let out = keygate(
+            d,
+            &["user", "set-roles", "ada@example.com", "editor", "support"],
+            &[],
+        );
+        assert!(out.status.success());
+        assert!(stdout(&out).contains("editor,support"));
+        let out = keygate(d, &["user", "disable", "ada@example.com"], &[]);
+        assert!(out.status.success() && stdout(&out).contains("disabled"));
+        assert!(stdout(&keygate(d, &["user", "show", "ada"], &[])).contains("active: false"));
+        assert!(keygate(d, &["user", "enable", "ada"], &[]).status.success());
+
+        let out = keygate_with_stdin(
+            d,
+            &["user", "reset-password", "ada", "--password-stdin"],
+            &[],
+            Some("a completely new passphrase\n"),
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+        let out = keygate(d, &["sessions", "list", "ada"], &[]);
+        assert!(out.status.success());
+        let out = keygate(
+            d,
+            &["sessions", "revoke", "01900000-0000-7000-8000-000000000000"],
+            &[],
+        );
+        assert_eq!(out.status.code(), Some(1));
+        assert!(stderr(&out).contains("no live session"));
+
+        let out = keygate(d, &["keys", "list"], &[]);
+        assert!(out.status.success());
+        assert!(
+            stdout(&out).contains("EdDSA") && stdout(&out).contains("active"),
+            "{}",
+            stdout(&out)
+        );
+
+        let out = keygate(d, &["audit", "--user", "ada", "--limit", "10"], &[]);
+        assert!(out.status.success());
+        let audit = stdout(&out);
+        for event in [
+            "user_created",
+            "user_updated",
+            "user_disabled",
+            "password_changed",
+        ] {
+            assert!(audit.contains(event), "{event} in {audit}");
+        }
+        let out = keygate(d, &["audit", "--event", "user_disabled"], &[]);
+        assert_eq!(stdout(&out).lines().count(), 2, "a header and one event");
+
+        // Verification and two-factor, by an operator.
+        assert!(stdout(&keygate(d, &["user", "show", "ada"], &[])).contains("email_verified: false"));
+        let out = keygate(d, &["user", "verify-email", "ada"], &[]);
+        assert!(
+            out.status.success() && stdout(&out).contains("marked verified"),
+            "{}",
+            stderr(&out)
+        );
+        assert!(stdout(&keygate(d, &["user", "show", "ada"], &[])).contains("email_verified: true"));
+        let out = keygate(d, &["user", "reset-mfa", "ada"], &[]);
+        assert!(out.status.success() && stdout(&out).contains("nothing changed"));
+        // Two-factor turned on in the database the commands use (as the API would), then off.
+        tokio::runtime::Runtime::new().unwrap().block_on(async {
+            let url = database_url_in(d);
+            let config = keygate::Config::from_toml(&format!("database_url = \"{url}\"")).unwrap();
+            let store = keygate::store::Store::connect(&config).await.unwrap();
+            let ada = store.find_user_by_login("ada").await.unwrap().unwrap();
+            let now = time::OffsetDateTime::now_utc();
+            assert!(
+                store
+                    .start_totp(ada.id, "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ", now)
+                    .await
+                    .unwrap()
+            );
+            let keep = keygate::domain::SessionId::new();
+            assert!(store.confirm_totp(ada.id, 1, &[], keep, now).await.unwrap());
+            store.close().await;
+        });
+        assert!(stdout(&keygate(d, &["user", "show", "ada"], &[])).contains("mfa_enabled: true"));
+        let out = keygate(d, &["user", "reset-mfa", "ada@example.com"], &[]);
+        assert!(
+            out.status.success() && stdout(&out).contains("turned off"),
+            "{}",
+            stdout(&out)
+        );
+        assert!(stdout(&keygate(d, &["user", "show", "ada"], &[])).contains("mfa_enabled: false"));
+        let out = keygate(d, &["audit", "--event", "mfa_disabled"], &[]);
+        assert_eq!(
+            stdout(&out).lines().count(),
+            3,
+            "a header and two events: {}",
+            stdout(&out)
+        );
+
+        let out = keygate(d, &["user", "delete", "ada"], &[]);
+        assert!(out.status.success());
+        let out = keygate(d, &["user", "show", "ada"], &[]);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(
+            stderr(&out).contains("no user with id, email or username `ada`"),
+            "{}",
+            stderr(&out)
+        );
+    }
 }
 
-#[test]
-fn user_add_refuses_bad_input_with_exit_2() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let out = keygate_with_stdin(
-        d,
-        &["user", "add", "ada@example.com", "--password-stdin"],
-        &[],
-        Some("password123\n"),
-    );
-    assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("password"), "{}", stderr(&out));
-    let out = keygate_with_stdin(
-        d,
-        &["user", "add", "not-an-email", "--password-stdin"],
-        &[],
-        Some("correct horse battery staple\n"),
-    );
-    assert_eq!(out.status.code(), Some(2));
-    // No terminal and no --password-stdin: it will not take the password from anywhere else.
-    let out = keygate(d, &["user", "add", "ada@example.com"], &[]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("--password-stdin"));
-    let out = keygate(
-        d,
-        &["user", "add", "ada@example.com", "--password", "x"],
-        &[],
-    );
-    assert_eq!(out.status.code(), Some(2), "there is no --password flag");
+on_both_databases! {
+    fn user_add_refuses_bad_input_with_exit_2() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let out = keygate_with_stdin(
+            d,
+            &["user", "add", "ada@example.com", "--password-stdin"],
+            &[],
+            Some("password123\n"),
+        );
+        assert_eq!(out.status.code(), Some(2));
+        assert!(stderr(&out).contains("password"), "{}", stderr(&out));
+        let out = keygate_with_stdin(
+            d,
+            &["user", "add", "not-an-email", "--password-stdin"],
+            &[],
+            Some("correct horse battery staple\n"),
+        );
+        assert_eq!(out.status.code(), Some(2));
+        // No terminal and no --password-stdin: it will not take the password from anywhere else.
+        let out = keygate(d, &["user", "add", "ada@example.com"], &[]);
+        assert_eq!(out.status.code(), Some(2));
+        assert!(stderr(&out).contains("--password-stdin"));
+        let out = keygate(
+            d,
+            &["user", "add", "ada@example.com", "--password", "x"],
+            &[],
+        );
+        assert_eq!(out.status.code(), Some(2), "there is no --password flag");
+    }
 }
 
 const IMPORT: &str = r#"{"email": "py@example.com", "password_hash": "$2b$10$C347REkkhmmXABq/iwrXS.lUSq3xzh6oz2hG0xVKqUwFYhcS/wQge", "name": "From Python"}
@@ -714,194 +896,196 @@ this is not json
 {"email": "slow@example.com", "password_hash": "$2b$20$C347REkkhmmXABq/iwrXS.lUSq3xzh6oz2hG0xVKqUwFYhcS/wQge"}
 "#;
 
-#[test]
-fn import_takes_foreign_hashes_reports_bad_lines_and_upgrades_hashes_at_login() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    std::fs::write(d.join("users.jsonl"), IMPORT).unwrap();
-    let out = keygate(d, &["import", "users.jsonl"], &[]);
-    assert_eq!(out.status.code(), Some(1), "some lines failed");
-    let (o, e) = (stdout(&out), stderr(&out));
-    assert!(
-        o.contains("imported 4 users; 0 already existed; 6 lines failed"),
-        "{o}"
-    );
-    for line in [6, 7, 8, 9, 10, 11] {
+on_both_databases! {
+    fn import_takes_foreign_hashes_reports_bad_lines_and_upgrades_hashes_at_login() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("users.jsonl"), IMPORT).unwrap();
+        let out = keygate(d, &["import", "users.jsonl"], &[]);
+        assert_eq!(out.status.code(), Some(1), "some lines failed");
+        let (o, e) = (stdout(&out), stderr(&out));
         assert!(
-            e.contains(&format!("line {line}: ")),
-            "line {line} reported: {e}"
+            o.contains("imported 4 users; 0 already existed; 6 lines failed"),
+            "{o}"
         );
-    }
-    assert!(e.contains("line 6: password_hash is not a bcrypt"), "{e}");
-    assert!(
-        e.contains("line 9: username already belongs to another user"),
-        "{e}"
-    );
-    // Extreme costs would make every login attempt for the row a memory or CPU bomb.
-    assert!(
-        e.contains("line 10: password_hash has argon2 memory cost m=4194304 KiB; at most 262144 KiB (256 MiB) is accepted"),
-        "{e}"
-    );
-    assert!(
-        e.contains("line 11: password_hash has bcrypt cost 20; at most 14 is accepted"),
-        "{e}"
-    );
-    assert!(!e.contains("$2b$10$C347"), "hashes are not echoed");
-    assert!(!e.contains("jtf6Y8eW"), "hashes are not echoed");
-    // Re-running duplicates nothing.
-    let out = keygate(d, &["import", "users.jsonl"], &[]);
-    assert!(
-        stdout(&out).contains("imported 0 users; 4 already existed"),
-        "{}",
-        stdout(&out)
-    );
-
-    // Log in as each imported user through a real server; hashes become argon2id.
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(async {
-        let url = format!("sqlite://{}", d.join("keygate.db").display());
-        let config = keygate::Config::from_toml(&format!(
-            "listen = \"127.0.0.1:0\"\ndatabase_url = \"{url}\""
-        ))
-        .unwrap();
-        let app = keygate::App::build(config).await.unwrap();
-        let base = format!("http://{}", app.local_addr());
-        let state = app.state();
-        tokio::spawn(app.run_until(std::future::pending()));
-        let client = reqwest::Client::new();
-        for (email, password) in [
-            ("py@example.com", "imported passphrase one"),
-            ("passlib@example.com", "imported passphrase two"),
-            ("php", "imported passphrase three"),
-            ("cffi@example.com", "imported passphrase four"),
-        ] {
-            let user = state.auth.find_user(email).await.unwrap();
-            let before = state
-                .auth
-                .store()
-                .password_hash(user.id)
-                .await
-                .unwrap()
-                .unwrap();
-            assert!(!before.phc().starts_with("$argon2id$v=19$m=19456,t=2,p=1$"));
-            let wrong = client
-                .post(format!("{base}/auth/login"))
-                .json(&serde_json::json!({"email": email, "password": "wrong password"}))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(wrong.status(), 401);
-            let r = client
-                .post(format!("{base}/auth/login"))
-                .json(&serde_json::json!({"email": email, "password": password}))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 200, "{email}");
-            let after = state
-                .auth
-                .store()
-                .password_hash(user.id)
-                .await
-                .unwrap()
-                .unwrap();
+        for line in [6, 7, 8, 9, 10, 11] {
             assert!(
-                after.phc().starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
-                "{email} upgraded"
+                e.contains(&format!("line {line}: ")),
+                "line {line} reported: {e}"
             );
-            let again = client
-                .post(format!("{base}/auth/login"))
-                .json(&serde_json::json!({"email": email, "password": password}))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(again.status(), 200, "{email} with the upgraded hash");
         }
-        let editor = state.auth.find_user("passlib@example.com").await.unwrap();
-        assert_eq!(editor.roles, vec!["editor"]);
-    });
+        assert!(e.contains("line 6: password_hash is not a bcrypt"), "{e}");
+        assert!(
+            e.contains("line 9: username already belongs to another user"),
+            "{e}"
+        );
+        // Extreme costs would make every login attempt for the row a memory or CPU bomb.
+        assert!(
+            e.contains("line 10: password_hash has argon2 memory cost m=4194304 KiB; at most 262144 KiB (256 MiB) is accepted"),
+            "{e}"
+        );
+        assert!(
+            e.contains("line 11: password_hash has bcrypt cost 20; at most 14 is accepted"),
+            "{e}"
+        );
+        assert!(!e.contains("$2b$10$C347"), "hashes are not echoed");
+        assert!(!e.contains("jtf6Y8eW"), "hashes are not echoed");
+        // Re-running duplicates nothing.
+        let out = keygate(d, &["import", "users.jsonl"], &[]);
+        assert!(
+            stdout(&out).contains("imported 0 users; 4 already existed"),
+            "{}",
+            stdout(&out)
+        );
+
+        // Log in as each imported user through a real server; hashes become argon2id.
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async {
+            let url = database_url_in(d);
+            let config = keygate::Config::from_toml(&format!(
+                "listen = \"127.0.0.1:0\"\ndatabase_url = \"{url}\""
+            ))
+            .unwrap();
+            let app = keygate::App::build(config).await.unwrap();
+            let base = format!("http://{}", app.local_addr());
+            let state = app.state();
+            tokio::spawn(app.run_until(std::future::pending()));
+            let client = reqwest::Client::new();
+            for (email, password) in [
+                ("py@example.com", "imported passphrase one"),
+                ("passlib@example.com", "imported passphrase two"),
+                ("php", "imported passphrase three"),
+                ("cffi@example.com", "imported passphrase four"),
+            ] {
+                let user = state.auth.find_user(email).await.unwrap();
+                let before = state
+                    .auth
+                    .store()
+                    .password_hash(user.id)
+                    .await
+                    .unwrap()
+                    .unwrap();
+                assert!(!before.phc().starts_with("$argon2id$v=19$m=19456,t=2,p=1$"));
+                let wrong = client
+                    .post(format!("{base}/auth/login"))
+                    .json(&serde_json::json!({"email": email, "password": "wrong password"}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(wrong.status(), 401);
+                let r = client
+                    .post(format!("{base}/auth/login"))
+                    .json(&serde_json::json!({"email": email, "password": password}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200, "{email}");
+                let after = state
+                    .auth
+                    .store()
+                    .password_hash(user.id)
+                    .await
+                    .unwrap()
+                    .unwrap();
+                assert!(
+                    after.phc().starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+                    "{email} upgraded"
+                );
+                let again = client
+                    .post(format!("{base}/auth/login"))
+                    .json(&serde_json::json!({"email": email, "password": password}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(again.status(), 200, "{email} with the upgraded hash");
+            }
+            let editor = state.auth.find_user("passlib@example.com").await.unwrap();
+            assert_eq!(editor.roles, vec!["editor"]);
+        });
+    }
 }
 
-/// Issue 14, point 5 through the binary: a KEK from the environment or a file, `keys list`
-/// saying which keys are encrypted, `keys rekey`, and what `config check` and a wrong KEK say.
-#[test]
-fn keys_are_encrypted_with_a_kek_from_the_environment_or_a_file_and_rekeyed() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let (one, two) = (
-        "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=",
-        "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=",
-    );
+on_both_databases! {
+    /// Issue 14, point 5 through the binary: a KEK from the environment or a file, `keys list`
+    /// saying which keys are encrypted, `keys rekey`, and what `config check` and a wrong KEK say.
+    fn keys_are_encrypted_with_a_kek_from_the_environment_or_a_file_and_rekeyed() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let (one, two) = (
+            "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=",
+            "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=",
+        );
 
-    // No KEK: the key is generated and stored plain, and config check says so.
-    let out = keygate(d, &["keys", "list"], &[]);
-    assert!(out.status.success());
-    let line = stdout(&out).lines().nth(1).unwrap_or_default().to_owned();
-    assert!(line.contains("active") && line.contains(" no "), "{line}");
-    let out = keygate(d, &["config", "check"], &[]);
-    assert!(
-        stdout(&out).contains("# note: signing keys are stored unencrypted"),
-        "{}",
-        stdout(&out)
-    );
-    let out = keygate(d, &["keys", "rekey"], &[]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("set signing.key_encryption_key"));
+        // No KEK: the key is generated and stored plain, and config check says so.
+        let out = keygate(d, &["keys", "list"], &[]);
+        assert!(out.status.success());
+        let line = stdout(&out).lines().nth(1).unwrap_or_default().to_owned();
+        assert!(line.contains("active") && line.contains(" no "), "{line}");
+        let out = keygate(d, &["config", "check"], &[]);
+        assert!(
+            stdout(&out).contains("# note: signing keys are stored unencrypted"),
+            "{}",
+            stdout(&out)
+        );
+        let out = keygate(d, &["keys", "rekey"], &[]);
+        assert_eq!(out.status.code(), Some(2));
+        assert!(stderr(&out).contains("set signing.key_encryption_key"));
 
-    // A KEK from the environment: sealed at start; config check redacts it and says nothing.
-    let env_one = [("KEYGATE_SIGNING__KEY_ENCRYPTION_KEY", one)];
-    let out = keygate(d, &["keys", "list"], &env_one);
-    let line = stdout(&out).lines().nth(1).unwrap_or_default().to_owned();
-    assert!(line.contains(" yes "), "{line}");
-    let out = keygate(d, &["config", "check"], &env_one);
-    assert!(!stdout(&out).contains(one) && !stdout(&out).contains("# note"));
-    assert!(stdout(&out).contains("key_encryption_key = \"[redacted]\""));
+        // A KEK from the environment: sealed at start; config check redacts it and says nothing.
+        let env_one = [("KEYGATE_SIGNING__KEY_ENCRYPTION_KEY", one)];
+        let out = keygate(d, &["keys", "list"], &env_one);
+        let line = stdout(&out).lines().nth(1).unwrap_or_default().to_owned();
+        assert!(line.contains(" yes "), "{line}");
+        let out = keygate(d, &["config", "check"], &env_one);
+        assert!(!stdout(&out).contains(one) && !stdout(&out).contains("# note"));
+        assert!(stdout(&out).contains("key_encryption_key = \"[redacted]\""));
 
-    // A new KEK from a file, the old one as previous: rekey moves the key to it.
-    std::fs::write(d.join("kek"), format!("{two}\n")).unwrap();
-    let kek_file = d.join("kek").display().to_string();
-    let env_two = [
-        (
-            "KEYGATE_SIGNING__KEY_ENCRYPTION_KEY_FILE",
-            kek_file.as_str(),
-        ),
-        ("KEYGATE_SIGNING__PREVIOUS_KEY_ENCRYPTION_KEYS", one),
-    ];
-    let out = keygate(d, &["keys", "rekey"], &env_two);
-    assert!(out.status.success());
-    assert!(
-        stdout(&out).contains(
-            "now (already before): signing keys 1 (0), two-factor seeds 0 (0), server secrets 1 (0)"
-        ),
-        "{}",
-        stdout(&out)
-    );
+        // A new KEK from a file, the old one as previous: rekey moves the key to it.
+        std::fs::write(d.join("kek"), format!("{two}\n")).unwrap();
+        let kek_file = d.join("kek").display().to_string();
+        let env_two = [
+            (
+                "KEYGATE_SIGNING__KEY_ENCRYPTION_KEY_FILE",
+                kek_file.as_str(),
+            ),
+            ("KEYGATE_SIGNING__PREVIOUS_KEY_ENCRYPTION_KEYS", one),
+        ];
+        let out = keygate(d, &["keys", "rekey"], &env_two);
+        assert!(out.status.success());
+        assert!(
+            stdout(&out).contains(
+                "now (already before): signing keys 1 (0), two-factor seeds 0 (0), server secrets 1 (0)"
+            ),
+            "{}",
+            stdout(&out)
+        );
 
-    // The old KEK alone no longer opens it: one sentence, exit 1.
-    let out = keygate(d, &["keys", "list"], &env_one);
-    assert_eq!(out.status.code(), Some(1));
-    let err = stderr(&out);
-    assert!(
-        err.contains("is not the key it was encrypted with"),
-        "{err}"
-    );
-    assert!(!err.contains(one) && !err.contains(two));
-    let out = keygate(
-        d,
-        &["keys", "list"],
-        &[(
-            "KEYGATE_SIGNING__KEY_ENCRYPTION_KEY_FILE",
-            kek_file.as_str(),
-        )],
-    );
-    assert!(out.status.success());
+        // The old KEK alone no longer opens it: one sentence, exit 1.
+        let out = keygate(d, &["keys", "list"], &env_one);
+        assert_eq!(out.status.code(), Some(1));
+        let err = stderr(&out);
+        assert!(
+            err.contains("is not the key it was encrypted with"),
+            "{err}"
+        );
+        assert!(!err.contains(one) && !err.contains(two));
+        let out = keygate(
+            d,
+            &["keys", "list"],
+            &[(
+                "KEYGATE_SIGNING__KEY_ENCRYPTION_KEY_FILE",
+                kek_file.as_str(),
+            )],
+        );
+        assert!(out.status.success());
 
-    // A KEK that is not 32 bytes of base64 is a configuration error naming the key.
-    let out = keygate(
-        d,
-        &["config", "check"],
-        &[("KEYGATE_SIGNING__KEY_ENCRYPTION_KEY", "too short")],
-    );
-    assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("signing.key_encryption_key"));
+        // A KEK that is not 32 bytes of base64 is a configuration error naming the key.
+        let out = keygate(
+            d,
+            &["config", "check"],
+            &[("KEYGATE_SIGNING__KEY_ENCRYPTION_KEY", "too short")],
+        );
+        assert_eq!(out.status.code(), Some(2));
+        assert!(stderr(&out).contains("signing.key_encryption_key"));
+    }
 }

@@ -24,28 +24,11 @@ pub(crate) const DATABASE_VAR: &str = "KEYGATE_TEST_DATABASE_URL";
 /// The variable naming the Redis the shared-limit tests run on.
 pub(crate) const REDIS_VAR: &str = "KEYGATE_TEST_REDIS_URL";
 
-/// Whether this run is CI: `CI` set to anything but empty, `0` or `false` (CI systems set
-/// `CI=true`; `.ci/run` does too).
-pub(crate) fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !matches!(v.trim(), "" | "0" | "false" | "FALSE" | "False"))
-}
+pub(crate) use keygate_testkit::in_ci;
 
-/// The URL of a test service from `var`. Without it a test is skipped (`None`, after saying
-/// so) — except in CI, where it fails: a green CI run means every test ran.
-/// `services_available` reports how many tests a run skipped.
-pub(crate) fn service_url(var: &str, what: &str) -> Option<String> {
-    match std::env::var(var) {
-        Ok(url) if !url.trim().is_empty() => Some(url),
-        _ => {
-            assert!(
-                !in_ci(),
-                "CI is set but {var} is not: {what} must run in CI, not be skipped"
-            );
-            eprintln!("skipped: set {var} to run {what}");
-            None
-        }
-    }
-}
+/// The URL of a test service from `var`, or `None` after recording the skip (which fails in
+/// CI: a green CI run means every test ran).
+pub(crate) use keygate_testkit::service_url;
 
 /// A test's own database: a SQLite file in a temporary directory, or a fresh PostgreSQL
 /// schema. Siblings (restarts, second nodes) share it.
@@ -73,58 +56,11 @@ impl TestDb {
             Backend::Postgres => {
                 let base = service_url(DATABASE_VAR, "the PostgreSQL suite")?;
                 Some(TestDb::Postgres {
-                    url: fresh_schema(&base).await,
+                    url: keygate_testkit::fresh_schema(&base).await,
                 })
             }
         }
     }
-}
-
-/// Creates `kg_test_<unix seconds>_<random>` and returns a URL whose connections use it.
-/// Schemas left by runs more than an hour old are dropped on the way.
-async fn fresh_schema(base: &str) -> String {
-    use sqlx::Connection as _;
-    static CLEANED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    let mut conn = sqlx::PgConnection::connect(base)
-        .await
-        .expect("KEYGATE_TEST_DATABASE_URL must point at a reachable PostgreSQL");
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs();
-    if !CLEANED.swap(true, std::sync::atomic::Ordering::SeqCst) {
-        let names: Vec<String> = sqlx::query_scalar(
-            "select nspname::text from pg_namespace where nspname like 'kg_test_%'",
-        )
-        .fetch_all(&mut conn)
-        .await
-        .expect("list schemas");
-        for name in names {
-            let created: u64 = name
-                .split('_')
-                .nth(2)
-                .and_then(|t| t.parse().ok())
-                .unwrap_or(now);
-            if created + 3600 < now {
-                let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "drop schema if exists {name} cascade"
-                )))
-                .execute(&mut conn)
-                .await;
-            }
-        }
-    }
-    let schema = format!(
-        "kg_test_{now}_{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..12]
-    );
-    sqlx::query(sqlx::AssertSqlSafe(format!("create schema {schema}")))
-        .execute(&mut conn)
-        .await
-        .expect("create schema");
-    let _ = conn.close().await;
-    let sep = if base.contains('?') { '&' } else { '?' };
-    format!("{base}{sep}options=-c%20search_path%3D{schema}")
 }
 
 pub(crate) struct TestApp {

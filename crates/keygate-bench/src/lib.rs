@@ -100,18 +100,11 @@ pub enum Body<'a> {
 }
 
 /// A command that runs the Keygate binary at `binary` with no `KEYGATE_*` variable from this
-/// process's environment: the server reads every `KEYGATE_*` variable as configuration and
-/// refuses unknown ones, so a harness's own settings (`KEYGATE_TORTURE_BIN_DIR`,
-/// `KEYGATE_SOAK_ARGS`, …) or the caller's shell must not reach it. The caller sets what the
-/// run needs with `.env(…)`.
+/// process's environment (`keygate_testkit::keygate_command`): a harness's own settings
+/// (`KEYGATE_TORTURE_BIN_DIR`, `KEYGATE_SOAK_ARGS`, …) or the caller's shell must not reach it.
+/// The caller sets what the run needs with `.env(…)`.
 pub fn keygate_command(binary: &std::path::Path) -> tokio::process::Command {
-    let mut command = tokio::process::Command::new(binary);
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("KEYGATE_") {
-            command.env_remove(&name);
-        }
-    }
-    command
+    tokio::process::Command::from(keygate_testkit::keygate_command(binary))
 }
 
 /// The value of cookie `name` among `Set-Cookie` header values.
@@ -132,38 +125,4 @@ pub fn percentile(sorted: &[u32], p: f64) -> f64 {
     f64::from(sorted[idx]) / 1000.0
 }
 
-/// A fresh schema in the PostgreSQL database named by `base`.
-pub async fn fresh_schema(base: &str) -> String {
-    use sqlx::Connection as _;
-    let schema = format!(
-        "kg_bench_{}",
-        &uuid::Uuid::now_v7().simple().to_string()[20..]
-    );
-    let mut conn = sqlx::PgConnection::connect(base)
-        .await
-        .expect("connect to PostgreSQL");
-    sqlx::query(sqlx::AssertSqlSafe(format!("create schema {schema}")))
-        .execute(&mut conn)
-        .await
-        .expect("create schema");
-    let _ = conn.close().await;
-    let sep = if base.contains('?') { '&' } else { '?' };
-    format!("{base}{sep}options=-c%20search_path%3D{schema}")
-}
-
-/// Drops the schema [`fresh_schema`] made for `url` (the URL it returned), in the database
-/// named by `base`. Best effort: a leftover schema is only clutter.
-pub async fn drop_schema(base: &str, url: &str) {
-    use sqlx::Connection as _;
-    let Some(schema) = url.rsplit("search_path%3D").next().filter(|s| {
-        s.starts_with("kg_") && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-    }) else {
-        return;
-    };
-    if let Ok(mut conn) = sqlx::PgConnection::connect(base).await {
-        let _ = sqlx::query(sqlx::AssertSqlSafe(format!("drop schema {schema} cascade")))
-            .execute(&mut conn)
-            .await;
-        let _ = conn.close().await;
-    }
-}
+pub use keygate_testkit::{drop_schema, fresh_schema};
