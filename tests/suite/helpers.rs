@@ -266,6 +266,64 @@ impl TestApp {
     }
 }
 
+/// Every route of the app's router (read from its `Debug` form, the one place axum lists
+/// them) with the methods it answers (asked in-process: a method without a handler falls
+/// through to the `Unrouted` fallback), sorted by path.
+pub(crate) async fn routes(app: &TestApp) -> Vec<(String, Vec<&'static str>)> {
+    use tower::ServiceExt as _;
+    let router = keygate::http::router(app.state.clone());
+    let debug = format!("{router:?}");
+    let mut paths: Vec<String> = Vec::new();
+    // `Node { paths: {RouteId(1): "/auth/register", …} }`
+    let path_router = debug.split("fallback_router").next().unwrap();
+    for part in path_router.split("RouteId(").skip(1) {
+        let Some((_, rest)) = part.split_once("): \"") else {
+            continue;
+        };
+        let path = &rest[..rest.find('"').unwrap_or(0)];
+        if path.starts_with('/') && !path.contains("__private__") {
+            paths.push(path.to_owned());
+        }
+    }
+    paths.sort();
+    paths.dedup();
+    assert!(paths.len() > 30, "the router's paths were read: {paths:?}");
+    let mut out = Vec::new();
+    for path in paths {
+        let concrete = concrete_path(&path);
+        let mut methods = Vec::new();
+        for method in ["GET", "POST", "PUT", "PATCH", "DELETE"] {
+            let request = axum::http::Request::builder()
+                .method(method)
+                .uri(&concrete)
+                .extension(axum::extract::ConnectInfo(std::net::SocketAddr::from((
+                    [127, 0, 0, 1],
+                    1,
+                ))))
+                .body(axum::body::Body::empty())
+                .unwrap();
+            let response = router.clone().oneshot(request).await.unwrap();
+            if response
+                .extensions()
+                .get::<keygate::http::Unrouted>()
+                .is_none()
+            {
+                methods.push(method);
+            }
+        }
+        out.push((path, methods));
+    }
+    out
+}
+
+/// A path for a route template: every `{parameter}` filled with a well-formed id.
+pub(crate) fn concrete_path(template: &str) -> String {
+    template
+        .replace("{id}", "0190b6e2-8d4c-7a8e-9f3a-1c2d3e4f5a6b")
+        .replace("{kid}", "x")
+        .replace("{file}", "x")
+}
+
 pub(crate) fn tokens(body: Value) -> Tokens {
     Tokens {
         access: body["access_token"]

@@ -71,7 +71,6 @@ async fn readyz_is_503_when_the_database_is_gone() {
 /// document is routed.
 #[tokio::test]
 async fn every_route_of_the_router_is_in_the_openapi_document_and_back() {
-    use tower::ServiceExt as _;
     let Some(app) = TestApp::spawn().await else {
         return;
     };
@@ -80,51 +79,14 @@ async fn every_route_of_the_router_is_in_the_openapi_document_and_back() {
     let paths = doc["paths"].as_object().unwrap();
 
     let router = keygate::http::router(app.state.clone());
-    let debug = format!("{router:?}");
-    let mut routes: Vec<String> = Vec::new();
-    // `Node { paths: {RouteId(1): "/auth/register", …} }`
-    let path_router = debug.split("fallback_router").next().unwrap();
-    for part in path_router.split("RouteId(").skip(1) {
-        let Some((_, rest)) = part.split_once("): \"") else {
-            continue;
-        };
-        let path = &rest[..rest.find('"').unwrap_or(0)];
-        if path.starts_with('/') && !path.contains("__private__") {
-            routes.push(path.to_owned());
-        }
-    }
-    routes.sort();
-    routes.dedup();
-    assert!(
-        routes.len() > 30,
-        "the router's paths were read: {routes:?}"
-    );
-
+    let routes = crate::helpers::routes(&app).await;
     let mut operations = 0;
-    for route in &routes {
+    for (route, methods) in &routes {
         let documented = paths
             .get(route.as_str())
             .unwrap_or_else(|| panic!("{route} is routed but not in /openapi.json"));
-        // A concrete path for the template.
-        let concrete = route
-            .replace("{id}", "x")
-            .replace("{kid}", "x")
-            .replace("{file}", "x");
         for method in ["GET", "POST", "PUT", "PATCH", "DELETE"] {
-            let request = axum::http::Request::builder()
-                .method(method)
-                .uri(&concrete)
-                .extension(axum::extract::ConnectInfo(std::net::SocketAddr::from((
-                    [127, 0, 0, 1],
-                    1,
-                ))))
-                .body(axum::body::Body::empty())
-                .unwrap();
-            let response = router.clone().oneshot(request).await.unwrap();
-            let routed = response
-                .extensions()
-                .get::<keygate::http::Unrouted>()
-                .is_none();
+            let routed = methods.contains(&method);
             let in_doc = documented.get(method.to_lowercase()).is_some();
             assert_eq!(
                 routed, in_doc,
@@ -133,6 +95,8 @@ async fn every_route_of_the_router_is_in_the_openapi_document_and_back() {
             operations += usize::from(routed);
         }
     }
+    drop(router);
+    let routes: Vec<String> = routes.into_iter().map(|(r, _)| r).collect();
     for documented in paths.keys() {
         assert!(
             routes.contains(documented),
