@@ -31,6 +31,16 @@ use serde_json::{Value, json};
 const PASSWORD: &str = "correct horse battery staple";
 const NEW_PASSWORD: &str = "a brand new staple for the horse";
 const WAIT: Duration = Duration::from_secs(15);
+/// The longest one WebDriver call may take before its test fails: a browser that stops
+/// answering must fail the run, not hang it.
+const WEBDRIVER_LIMIT: Duration = Duration::from_secs(60);
+
+/// `call` (one WebDriver round trip), or a failed test after [`WEBDRIVER_LIMIT`].
+async fn webdriver<T>(what: &str, call: impl Future<Output = T>) -> T {
+    tokio::time::timeout(WEBDRIVER_LIMIT, call)
+        .await
+        .unwrap_or_else(|_| panic!("WebDriver did not answer `{what}` within {WEBDRIVER_LIMIT:?}"))
+}
 
 /// Chromium starts one at a time: two cores cannot run several browsers and the servers
 /// without timing out.
@@ -198,12 +208,15 @@ impl Browser {
             "goog:chromeOptions".to_owned(),
             json!({ "binary": chromium, "args": args }),
         );
-        let client = ClientBuilder::rustls()
-            .expect("TLS roots")
-            .capabilities(capabilities)
-            .connect(&format!("http://{address}"))
-            .await
-            .expect("a Chromium session");
+        let client = webdriver(
+            "new session",
+            ClientBuilder::rustls()
+                .expect("TLS roots")
+                .capabilities(capabilities)
+                .connect(&format!("http://{address}")),
+        )
+        .await
+        .expect("a Chromium session");
         Some(Browser {
             client,
             driver,
@@ -213,11 +226,15 @@ impl Browser {
     }
 
     async fn goto(&self, url: &str) {
-        self.client.goto(url).await.expect("navigate");
+        webdriver("goto", self.client.goto(url))
+            .await
+            .expect("navigate");
     }
 
     async fn path(&self) -> String {
-        let url = self.client.current_url().await.expect("url");
+        let url = webdriver("current url", self.client.current_url())
+            .await
+            .expect("url");
         match url.query() {
             Some(q) => format!("{}?{q}", url.path()),
             None => url.path().to_owned(),
@@ -230,7 +247,9 @@ impl Browser {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             // A navigation in progress makes a script fail: that is "not yet".
-            if let Ok(Value::Bool(true)) = self.client.execute(&script, vec![]).await {
+            if let Ok(Value::Bool(true)) =
+                webdriver("execute", self.client.execute(&script, vec![])).await
+            {
                 return;
             }
             if tokio::time::Instant::now() >= deadline {
@@ -245,43 +264,54 @@ impl Browser {
     }
 
     async fn eval(&self, expression: &str) -> Value {
-        self.client
-            .execute(&format!("return {expression};"), vec![])
-            .await
-            .expect("script")
+        webdriver(
+            "execute",
+            self.client
+                .execute(&format!("return {expression};"), vec![]),
+        )
+        .await
+        .expect("script")
     }
 
     async fn text(&self, css: &str) -> String {
-        self.client
-            .find(Locator::Css(css))
-            .await
-            .unwrap_or_else(|e| panic!("{css}: {e}"))
-            .text()
-            .await
-            .expect("text")
+        webdriver("text", async {
+            self.client
+                .find(Locator::Css(css))
+                .await
+                .unwrap_or_else(|e| panic!("{css}: {e}"))
+                .text()
+                .await
+                .expect("text")
+        })
+        .await
     }
 
     async fn fill(&self, css: &str, value: &str) {
-        let input = self.client.find(Locator::Css(css)).await.expect(css);
-        input.clear().await.expect("clear");
-        input.send_keys(value).await.expect("type");
+        webdriver("fill", async {
+            let input = self.client.find(Locator::Css(css)).await.expect(css);
+            input.clear().await.expect("clear");
+            input.send_keys(value).await.expect("type");
+        })
+        .await
     }
 
     async fn click(&self, css: &str) {
-        self.client
-            .find(Locator::Css(css))
-            .await
-            .unwrap_or_else(|e| panic!("{css}: {e}"))
-            .click()
-            .await
-            .expect("click");
+        webdriver("click", async {
+            self.client
+                .find(Locator::Css(css))
+                .await
+                .unwrap_or_else(|e| panic!("{css}: {e}"))
+                .click()
+                .await
+                .expect("click");
+        })
+        .await
     }
 
     /// A cookie as the browser would send it to the current page, HttpOnly ones included
     /// (WebDriver sees them; the page's script does not).
     async fn cookie(&self, name: &str) -> Option<fantoccini::cookies::Cookie<'static>> {
-        self.client
-            .get_all_cookies()
+        webdriver("cookies", self.client.get_all_cookies())
             .await
             .expect("cookies")
             .into_iter()
@@ -336,7 +366,9 @@ impl Browser {
                 overflow.as_i64().is_some_and(|o| o <= 0),
                 "{name} scrolls sideways at {width} px by {overflow}"
             );
-            let png = self.client.screenshot().await.expect("screenshot");
+            let png = webdriver("screenshot", self.client.screenshot())
+                .await
+                .expect("screenshot");
             std::fs::write(dir.join(format!("{name}-{suffix}.png")), png).expect("write png");
             // A page longer than the window: its end too.
             let below = self
@@ -345,7 +377,9 @@ impl Browser {
             if below.as_i64().is_some_and(|b| b > 0) {
                 self.eval("window.scrollTo(0, document.documentElement.scrollHeight)")
                     .await;
-                let png = self.client.screenshot().await.expect("screenshot");
+                let png = webdriver("screenshot", self.client.screenshot())
+                    .await
+                    .expect("screenshot");
                 std::fs::write(dir.join(format!("{name}-{suffix}-end.png")), png)
                     .expect("write png");
                 self.eval("window.scrollTo(0, 0)").await;
@@ -358,7 +392,7 @@ impl Browser {
     }
 
     async fn close(mut self) {
-        let _ = self.client.clone().close().await;
+        let _ = webdriver("close", self.client.clone().close()).await;
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
@@ -451,7 +485,9 @@ async fn a_visitor_registers_uses_the_account_page_and_logs_out() {
             "document.getElementById('profile-email').value === '{email}'"
         ))
         .await;
-    browser.client.refresh().await.expect("reload");
+    webdriver("reload", browser.client.refresh())
+        .await
+        .expect("reload");
     browser
         .wait_until(&format!(
             "document.getElementById('profile-email').value === '{email}'"
@@ -939,7 +975,9 @@ async fn the_docs_page_renders_the_api_reference_from_the_binary_alone() {
         .set_window_size(1280, 900)
         .await
         .expect("resize");
-    let png = browser.client.screenshot().await.expect("screenshot");
+    let png = webdriver("screenshot", browser.client.screenshot())
+        .await
+        .expect("screenshot");
     let dir = screenshot_dir();
     std::fs::create_dir_all(&dir).expect("screenshot dir");
     std::fs::write(dir.join("docs-desktop.png"), png).expect("write png");

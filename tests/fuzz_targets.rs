@@ -99,9 +99,15 @@ macro_rules! target_test {
         fn $name() {
             let n = corpus(stringify!($name), targets::$name);
             eprintln!("{}: {n} corpus inputs", stringify!($name));
+            // A failing input's seed is kept (committed) and replayed first by later runs.
             let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
                 cases: cases(),
-                failure_persistence: None,
+                failure_persistence: Some(Box::new(
+                    proptest::test_runner::FileFailurePersistence::Direct(concat!(
+                        env!("CARGO_MANIFEST_DIR"),
+                        "/tests/fuzz_targets.proptest-regressions"
+                    )),
+                )),
                 ..ProptestConfig::default()
             });
             let outcome = runner.run(&input($shaped), |data| {

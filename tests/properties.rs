@@ -24,6 +24,15 @@ fn text() -> impl Strategy<Value = String> {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
+    /// The revocation feed's cursor (issue 27, point 5): any text parses or not without a
+    /// panic, and a cursor the server gave parses back to itself.
+    #[test]
+    fn feed_cursors_never_panic_and_round_trip(raw in text(), after in 0i64.., known in 0usize..100_000) {
+        let _ = keygate::auth::FeedCursor::parse(&raw);
+        let cursor = keygate::auth::FeedCursor { after, known };
+        prop_assert_eq!(keygate::auth::FeedCursor::parse(&cursor.to_string()), Some(cursor));
+    }
+
     #[test]
     fn emails_never_panic_and_normalise_once(raw in text()) {
         if let Ok(email) = Email::parse(&raw) {

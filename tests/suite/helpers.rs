@@ -316,6 +316,19 @@ pub(crate) async fn routes(app: &TestApp) -> Vec<(String, Vec<&'static str>)> {
     out
 }
 
+/// Waits (at most 20 s) until the outbox has nothing left to send: every queued message was
+/// delivered or dropped. An observable event, so the absence checks after it ("no second
+/// mail") cannot be fooled by a slow machine the way a fixed sleep can.
+pub(crate) async fn outbox_settled(app: &TestApp) {
+    for _ in 0..400 {
+        if app.state.auth.store().pending_mail().await.unwrap() == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the outbox still has messages to send after 20 s");
+}
+
 /// A path for a route template: every `{parameter}` filled with a well-formed id.
 pub(crate) fn concrete_path(template: &str) -> String {
     template

@@ -234,14 +234,14 @@ async fn oauth4webapi_discovers_keygate_and_uses_every_endpoint_it_finds() {
     .to_string();
     // The server shares this test's runtime: wait for node on the blocking pool.
     let output = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("node")
-            .arg(&script)
-            .arg(input)
-            .output()
+        keygate_testkit::output_within(
+            std::process::Command::new("node").arg(&script).arg(input),
+            None,
+            std::time::Duration::from_secs(120),
+        )
     })
     .await
-    .unwrap()
-    .expect("node runs");
+    .unwrap();
     assert!(
         output.status.success(),
         "oauth4webapi refused something: {}",

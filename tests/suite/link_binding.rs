@@ -10,25 +10,12 @@ use keygate::domain::UserId;
 use serde_json::{Value, json};
 
 use super::smtp::{SmtpServer, config_for};
-use crate::helpers::{PASSWORD, TestApp, assert_error, claims_of};
+use crate::helpers::{PASSWORD, TestApp, assert_error, claims_of, outbox_settled};
 
 const NEW_PASSWORD: &str = "a brand new horse battery staple";
 /// A server mailing through `smtp` (with generous rate limits: these tests are about links).
 async fn mail_app(smtp: &SmtpServer) -> Option<TestApp> {
     TestApp::spawn_with(&smtp.config()).await
-}
-
-/// Waits (at most 20 s) until the outbox has nothing left to send: every queued message was
-/// delivered or dropped. An observable event, so the absence checks after it cannot be
-/// fooled by a slow machine.
-pub(crate) async fn outbox_settled(app: &TestApp) {
-    for _ in 0..400 {
-        if app.state.auth.store().pending_mail().await.unwrap() == 0 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the outbox still has messages to send after 20 s");
 }
 
 async fn ask_change(app: &TestApp, access: &str, new_email: &str) {

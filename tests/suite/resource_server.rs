@@ -250,7 +250,11 @@ async fn the_remote_verifier_fetches_keys_for_an_unknown_kid_at_most_once_per_in
         let (verifier, forged) = (verifier.clone(), with_kid(&token_a, "made-up-late"));
         tokio::spawn(async move { verifier.verify(&forged).await })
     };
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A bounded poll on the event itself, not a fixed sleep.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while fetches() < 3 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert_eq!(fetches(), 3, "the unknown kid started a fetch");
     let started = Instant::now();
     assert!(verifier.verify(&token_a).await.is_ok());

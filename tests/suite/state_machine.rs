@@ -18,7 +18,9 @@ use keygate::auth::{Actor, AuthError, LogoutScope, UserPatch};
 use keygate::clock::Clock as _;
 use keygate::domain::{ClientInfo, SessionId};
 use proptest::prelude::*;
-use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner};
+use proptest::test_runner::{
+    Config as ProptestConfig, FileFailurePersistence, TestCaseError, TestRunner,
+};
 
 use crate::helpers::{PASSWORD, TestApp};
 
@@ -383,9 +385,14 @@ fn random_sequences_of_session_operations_follow_the_model() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(64);
+    // A failing sequence's seed is kept in the regressions file (committed), and replayed
+    // first by every later run, so a red run reproduces.
     let mut runner = TestRunner::new(ProptestConfig {
         cases,
-        failure_persistence: None,
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/suite/state_machine.proptest-regressions"
+        )))),
         ..ProptestConfig::default()
     });
     let case = std::sync::atomic::AtomicU32::new(0);

@@ -460,6 +460,27 @@ mod tests {
         assert_eq!(return_to(&c, Some("/%2e/ui/login")), "/ui/login");
     }
 
+    proptest::proptest! {
+        /// Whatever the text, the answer is a path of this origin (one `/` then neither `/`
+        /// nor `\\`, no control character) or a URL of an allowed origin.
+        #[test]
+        fn return_to_never_leaves_the_allowed_origins(
+            raw in proptest::prop_oneof![
+                proptest::prelude::any::<String>(),
+                "[/\\\\.%2eEfF@:a-z\t\n ]{0,40}",
+                "(https?:)?[/\\\\]{0,3}[a-z.@:]{0,20}[/\\\\.]{0,4}",
+            ]
+        ) {
+            let c = config();
+            let out = return_to(&c, Some(&raw));
+            let local = is_local_path(&out) && !out.chars().any(char::is_control);
+            let allowed = ["https://app.example.com/", "https://auth.example.com/"]
+                .iter()
+                .any(|origin| out.starts_with(origin));
+            proptest::prop_assert!(local || allowed, "{:?} gave {:?}", raw, out);
+        }
+    }
+
     #[tokio::test]
     async fn return_to_cannot_inject_page_markup() {
         let c = config();

@@ -1096,6 +1096,19 @@ async fn crash(args: &Args) -> bool {
     let l = ledger.lock().expect("ledger");
     failures.extend(l.violations.iter().cloned());
     let errors = server.error_lines();
+    // A clean run logs no error, and a run that acknowledged nothing checked nothing.
+    failures.extend(
+        errors
+            .iter()
+            .take(5)
+            .map(|line| format!("an error log line: {line}")),
+    );
+    if errors.len() > 5 {
+        failures.push(format!("… and {} more error log lines", errors.len() - 5));
+    }
+    if l.stats.acknowledged == 0 {
+        failures.push("no request was acknowledged: the run checked nothing".to_owned());
+    }
     println!(
         "{backend}: {} kills in {:.0} s; {} requests, {} acknowledged, {} in doubt, {} users, {} sessions tracked; {} error log lines; {} failures",
         args.kills,
