@@ -119,6 +119,9 @@ impl App {
             .max_header_list_size(64 * 1024);
         // How many connection tasks are running: shutdown waits for it to reach zero.
         let (live, mut live_watch) = tokio::sync::watch::channel(0usize);
+        // Turns once the accept loop has stopped: every connection then finishes what is in
+        // flight and closes.
+        let (closing_tx, closing_rx) = tokio::sync::watch::channel(false);
         let config = self.state.auth.config();
         let idle_timeout = config.idle_timeout;
         let connections = Arc::new(Connections::new(
@@ -174,7 +177,7 @@ impl App {
                     TowerToHyperService::new(service),
                 )
                 .into_owned();
-            let state = self.state.clone();
+            let mut server_closing = closing_rx.clone();
             live.send_modify(|n| *n += 1);
             let live = live.clone();
             tokio::spawn(async move {
@@ -196,7 +199,7 @@ impl App {
                         }
                         // Shutdown, or idle too long: finish what is in flight, then close
                         // (HTTP/2 says GOAWAY; an idle HTTP/1.1 connection closes at once).
-                        () = state.drained(), if !closing => {
+                        _ = server_closing.wait_for(|c| *c), if !closing => {
                             conn.as_mut().graceful_shutdown();
                             closing = true;
                         }
@@ -212,6 +215,7 @@ impl App {
             });
         }
         drop(self.listener);
+        closing_tx.send_replace(true);
         let timeout = self.state.auth.config().shutdown_timeout;
         if tokio::time::timeout(timeout, live_watch.wait_for(|n| *n == 0))
             .await
