@@ -18,7 +18,7 @@
 //! the registry's lock is taken to admit, to drop, and (at the cap only) to choose whom to shed
 //! with one pass over the open connections.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -94,6 +94,9 @@ struct State {
     /// Every open connection (not yet shed), oldest first: its activity and the sender that
     /// closes it.
     live: BTreeMap<u64, (Arc<Activity>, oneshot::Sender<()>)>,
+    /// The open connections that have not delivered a request yet, oldest first: the first
+    /// to make room (found without a pass over `live`).
+    waiting: BTreeSet<u64>,
 }
 
 /// One admitted connection. Dropping it gives its slot back.
@@ -163,7 +166,10 @@ impl Connections {
             // Its slot is counted free from now on, whenever its task gets to closing it (so
             // a burst of newcomers sheds one connection each, not one per newcomer per pending
             // close).
-            let shed = choose_shed(&state.live).ok_or(Refused::Full)?;
+            let shed = match state.waiting.pop_first() {
+                Some(id) => id,
+                None => idlest(&state.live).ok_or(Refused::Full)?,
+            };
             if let Some((_, close)) = state.live.remove(&shed) {
                 let _ = close.send(());
             }
@@ -178,6 +184,7 @@ impl Connections {
         let (close, closed) = oneshot::channel();
         let activity = Arc::new(Activity::new());
         state.live.insert(id, (activity.clone(), close));
+        state.waiting.insert(id);
         drop(state);
         let admitted = Admitted {
             registry: self.clone(),
@@ -195,14 +202,11 @@ impl Connections {
     }
 }
 
-/// Whom a newcomer replaces: the oldest connection that has not delivered a request, else
-/// the one idle the longest; `None` when every connection has a request in flight.
-fn choose_shed(live: &BTreeMap<u64, (Arc<Activity>, oneshot::Sender<()>)>) -> Option<u64> {
+/// The connection idle the longest, when every connection has delivered a request (one pass,
+/// at the cap only); `None` when every one has a request in flight.
+fn idlest(live: &BTreeMap<u64, (Arc<Activity>, oneshot::Sender<()>)>) -> Option<u64> {
     let mut idlest: Option<(Duration, u64)> = None;
     for (id, (activity, _)) in live {
-        if !activity.served.load(Ordering::Acquire) {
-            return Some(*id);
-        }
         if let Some(idle) = activity.idle_for()
             && idlest.is_none_or(|(longest, _)| idle > longest)
         {
@@ -213,10 +217,19 @@ fn choose_shed(live: &BTreeMap<u64, (Arc<Activity>, oneshot::Sender<()>)>) -> Op
 }
 
 impl Admitted {
-    /// A request arrived whole: it is in flight until the returned guard drops.
+    /// A request arrived whole: it is in flight until the returned guard drops. The first
+    /// takes the connection off the waiting list (one lock per connection; later requests
+    /// take none).
     pub(crate) fn busy(&self) -> Busy {
         self.activity.in_flight.fetch_add(1, Ordering::AcqRel);
-        self.activity.served.store(true, Ordering::Release);
+        if !self.activity.served.swap(true, Ordering::AcqRel) {
+            let mut state = self
+                .registry
+                .state
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            state.waiting.remove(&self.id);
+        }
         Busy(self.activity.clone())
     }
 
@@ -233,6 +246,7 @@ impl Drop for Admitted {
             .state
             .lock()
             .unwrap_or_else(|e| e.into_inner());
+        state.waiting.remove(&self.id);
         // A shed connection's slot was already given to the newcomer it made room for.
         if state.live.remove(&self.id).is_some() {
             state.open = state.open.saturating_sub(1);
