@@ -13,6 +13,11 @@ use std::time::{Duration, Instant};
 
 use hyper::Method;
 use keygate_bench::{Body, Conn, cookie_value, fresh_schema, percentile};
+
+mod argon;
+mod flood;
+use argon::{argon2_phc, argon2_pool_rate, argon2_verify_time};
+use flood::{FLOOD_CLIENT, FLOOD_SECRET, flood};
 use serde_json::{Value, json};
 
 const PASSWORD: &str = "correct horse battery staple";
@@ -81,82 +86,6 @@ fn options() -> Options {
 /// The OAuth client the benchmark's server is configured with (for introspection).
 const CLIENT_ID: &str = "bench-rs";
 const CLIENT_SECRET: &str = "benchmark resource server secret";
-
-/// A client with an argon2 secret (as an operator may configure one), the target of the
-/// `flood` scenario's wrong secrets.
-const FLOOD_CLIENT: &str = "bench-argon2";
-const FLOOD_SECRET: &str = "an operator-chosen client secret";
-/// The flood: this many connections, each sending a wrong secret every interval (66 is
-/// enough to fill the hashing queue of a server that verifies each with argon2).
-const FLOOD_CONNECTIONS: usize = 66;
-const FLOOD_INTERVAL: Duration = Duration::from_millis(50);
-
-/// An argon2id PHC string of `secret` with the server's default parameters.
-fn argon2_phc(secret: &str) -> String {
-    use argon2::password_hash::PasswordHasher;
-    let params = argon2::Params::new(19_456, 2, 1, None).expect("params");
-    let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
-    let hash: argon2::PasswordHash = argon
-        .hash_password_with_salt(secret.as_bytes(), b"bench salt 16 by")
-        .expect("argon2");
-    hash.to_string()
-}
-
-/// Wrong client secrets for [`FLOOD_CLIENT`] from `ip`, [`FLOOD_CONNECTIONS`] connections
-/// each sending one every [`FLOOD_INTERVAL`] until `stop`; returns the answers by status.
-async fn flood(
-    addr: String,
-    ip: &'static str,
-    stop: Arc<AtomicBool>,
-) -> std::collections::BTreeMap<u16, u64> {
-    let mut tasks = Vec::new();
-    for _ in 0..FLOOD_CONNECTIONS {
-        let (addr, stop) = (addr.clone(), stop.clone());
-        tasks.push(tokio::spawn(async move {
-            use base64::Engine as _;
-            let mut seen = std::collections::BTreeMap::new();
-            let basic = base64::engine::general_purpose::STANDARD
-                .encode(format!("{FLOOD_CLIENT}:not the secret at all"));
-            let headers = [
-                ("authorization", format!("Basic {basic}")),
-                ("x-forwarded-for", ip.to_owned()),
-            ];
-            let mut tick = tokio::time::interval(FLOOD_INTERVAL);
-            let mut conn = Conn::open(&addr).await.ok();
-            while !stop.load(Ordering::Relaxed) {
-                tick.tick().await;
-                let Some(c) = conn.as_mut() else {
-                    conn = Conn::open(&addr).await.ok();
-                    continue;
-                };
-                let status = match c
-                    .call_with(
-                        Method::POST,
-                        "/oauth/introspect",
-                        &headers,
-                        Body::Form("token=x".to_owned()),
-                    )
-                    .await
-                {
-                    Ok((status, _, _)) => status,
-                    Err(_) => {
-                        conn = None;
-                        0
-                    }
-                };
-                *seen.entry(status).or_insert(0u64) += 1;
-            }
-            seen
-        }));
-    }
-    let mut all = std::collections::BTreeMap::new();
-    for t in tasks {
-        for (status, n) in t.await.unwrap_or_default() {
-            *all.entry(status).or_insert(0) += n;
-        }
-    }
-    all
-}
 
 /// What each scenario's connection does for its n-th request.
 #[derive(Clone)]
@@ -579,65 +508,6 @@ fn base64_decode(s: &str) -> Option<Vec<u8>> {
     base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(s)
         .ok()
-}
-
-/// Time of one argon2id verify with the default parameters, measured here the way the server
-/// computes it (the work area allocated once and reused), median of 9.
-fn argon2_verify_time() -> Duration {
-    let params = argon2::Params::new(19_456, 2, 1, None).expect("params");
-    let argon = argon2::Argon2::new(
-        argon2::Algorithm::Argon2id,
-        argon2::Version::V0x13,
-        params.clone(),
-    );
-    let mut blocks = vec![argon2::Block::default(); params.block_count()];
-    let salt = [7u8; 16];
-    let mut out = [0u8; 32];
-    let mut once = || {
-        let t = Instant::now();
-        argon
-            .hash_password_into_with_memory(PASSWORD.as_bytes(), &salt, &mut out, &mut blocks)
-            .expect("argon2");
-        t.elapsed()
-    };
-    once();
-    let mut times: Vec<Duration> = (0..9).map(|_| once()).collect();
-    times.sort();
-    times[4]
-}
-
-/// Verifies per second with `threads` threads verifying at once (each with its own work area)
-/// and nothing else running: what the machine's memory and cores allow a hashing pool.
-fn argon2_pool_rate(threads: usize, per_thread: u32) -> f64 {
-    let started = Instant::now();
-    let workers: Vec<_> = (0..threads)
-        .map(|_| {
-            std::thread::spawn(move || {
-                let params = argon2::Params::new(19_456, 2, 1, None).expect("params");
-                let argon = argon2::Argon2::new(
-                    argon2::Algorithm::Argon2id,
-                    argon2::Version::V0x13,
-                    params.clone(),
-                );
-                let mut blocks = vec![argon2::Block::default(); params.block_count()];
-                let mut out = [0u8; 32];
-                for _ in 0..per_thread {
-                    argon
-                        .hash_password_into_with_memory(
-                            PASSWORD.as_bytes(),
-                            &[7u8; 16],
-                            &mut out,
-                            &mut blocks,
-                        )
-                        .expect("argon2");
-                }
-            })
-        })
-        .collect();
-    for w in workers {
-        let _ = w.join();
-    }
-    f64::from(per_thread) * threads as f64 / started.elapsed().as_secs_f64()
 }
 
 fn row(name: &str, o: &Outcome, base: f64) -> Value {
