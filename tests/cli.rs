@@ -276,6 +276,19 @@ async fn healthz_from_elsewhere(addr: &str, within: Duration) -> String {
         .unwrap_or_else(|_| "no answer".to_owned())
 }
 
+/// A kept-alive connection from 127.0.0.1 that has had one `GET /healthz` answered 200.
+async fn served_keep_alive(addr: &str) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    s
+}
+
 /// Whether the server has closed `s` (end of stream or reset), waiting up to a second.
 async fn closed_by_server(s: &mut tokio::net::TcpStream) -> bool {
     use tokio::io::AsyncReadExt as _;
@@ -344,7 +357,6 @@ fn at_the_connection_cap_the_oldest_half_open_connection_makes_room() {
 /// few addresses holding kept-alive connections cannot keep a newcomer out.
 #[test]
 fn at_the_connection_cap_idle_keep_alive_connections_make_room() {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let dir = tempfile::tempdir().unwrap();
     let (mut child, addr) = serve(
         dir.path(),
@@ -358,14 +370,7 @@ fn at_the_connection_cap_idle_keep_alive_connections_make_room() {
     let (status, oldest_closed, newest_closed) = runtime.block_on(async {
         let mut held = Vec::new();
         for _ in 0..20 {
-            let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
-            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-                .await
-                .unwrap();
-            let mut buf = [0u8; 1024];
-            let n = s.read(&mut buf).await.unwrap();
-            assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
-            held.push(s);
+            held.push(served_keep_alive(&addr).await);
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let status = healthz_from_elsewhere(&addr, Duration::from_secs(10)).await;
@@ -453,18 +458,14 @@ fn an_idle_http2_connection_is_closed_with_a_goaway_after_the_idle_timeout() {
 
 #[test]
 fn an_idle_keep_alive_connection_is_closed_after_the_header_timeout() {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::io::AsyncReadExt as _;
     let dir = tempfile::tempdir().unwrap();
     let (mut child, addr) = serve(dir.path(), &[("KEYGATE_HEADER_READ_TIMEOUT", "1s")]);
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let (answered, closed_after) = runtime.block_on(async {
-        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
-        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .unwrap();
+    let closed_after = runtime.block_on(async {
+        // Answered (the helper checks the 200), then nothing.
+        let mut s = served_keep_alive(&addr).await;
         let mut buf = [0u8; 1024];
-        let n = s.read(&mut buf).await.unwrap();
-        let answered = String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200");
         // Then nothing: the kept-alive connection must not stay open for ever.
         let idle = std::time::Instant::now();
         let rest = tokio::time::timeout(Duration::from_secs(10), async {
@@ -476,11 +477,10 @@ fn an_idle_keep_alive_connection_is_closed_after_the_header_timeout() {
             }
         })
         .await;
-        (answered, rest.is_ok().then(|| idle.elapsed()))
+        rest.is_ok().then(|| idle.elapsed())
     });
     let _ = child.kill();
     let _ = child.wait();
-    assert!(answered);
     let closed_after = closed_after.expect("the idle connection was still open after 10 s");
     assert!(
         closed_after >= Duration::from_millis(900),
