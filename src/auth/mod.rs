@@ -224,10 +224,13 @@ pub struct Auth {
     csrf: aws_lc_rs::hmac::Key,
     /// Per OAuth client with an argon2 secret: the SHA-256 of the secret that last passed.
     verified_clients: moka::sync::Cache<String, [u8; 32]>,
-    /// `(client id, client address key)` pairs whose last authentication passed through the
+    /// `(client id, client address)` pairs whose last authentication passed through the
     /// failure budget: their right secret is taken without consulting it again (the hot path
-    /// of a resource server), for a minute or until a failure from that address.
-    trusted_client_addresses: moka::sync::Cache<(String, String), ()>,
+    /// of a resource server), for a minute or until a failure from that address. Keyed by a
+    /// hash of the pair under this process's random keys (no allocation per request).
+    trusted_client_addresses: moka::sync::Cache<u64, ()>,
+    /// The keys of that hash.
+    client_address_hasher: std::collections::hash_map::RandomState,
     /// At most one client-secret argon2 verification at a time on this node, so wrong client
     /// secrets can never fill the hashing threads that logins need.
     client_hashing: Arc<tokio::sync::Semaphore>,
@@ -275,6 +278,7 @@ impl Auth {
                 .time_to_live(Duration::from_secs(60))
                 .build(),
             client_hashing: Arc::new(tokio::sync::Semaphore::new(1)),
+            client_address_hasher: std::collections::hash_map::RandomState::new(),
             started_at,
             mailer,
             mail_wake: Arc::new(tokio::sync::Notify::new()),

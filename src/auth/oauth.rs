@@ -49,9 +49,9 @@ impl Auth {
             let _ = verify_slices_are_equal(&presented, &sha256(b"no such client"));
             return Ok(None);
         };
-        let address = (
-            client.id.clone(),
-            self.limits.client_key(from.ip.as_deref()),
+        let address = std::hash::BuildHasher::hash_one(
+            &self.client_address_hasher,
+            (client.id.as_str(), from.ip.as_deref()),
         );
         let known = |presented: &[u8; 32]| match &client.secret {
             ClientSecret::Sha256(expected) => verify_slices_are_equal(presented, expected).is_ok(),
