@@ -178,8 +178,7 @@ impl App {
                 )
                 .into_owned();
             let mut server_closing = closing_rx.clone();
-            live.send_modify(|n| *n += 1);
-            let live = live.clone();
+            let counted = Counted::new(&live);
             tokio::spawn(async move {
                 let mut conn = std::pin::pin!(conn);
                 let mut shed = std::pin::pin!(shed);
@@ -211,7 +210,7 @@ impl App {
                     }
                 }
                 drop(admitted);
-                live.send_modify(|n| *n -= 1);
+                drop(counted);
             });
         }
         drop(self.listener);
@@ -237,6 +236,22 @@ impl App {
     /// Serves until SIGTERM or Ctrl-C.
     pub async fn run(self) -> std::io::Result<()> {
         self.run_until(shutdown_signal()).await
+    }
+}
+
+/// One running connection task, counted in `live` until it is dropped (however the task ends).
+struct Counted(tokio::sync::watch::Sender<usize>);
+
+impl Counted {
+    fn new(live: &tokio::sync::watch::Sender<usize>) -> Counted {
+        live.send_modify(|n| *n += 1);
+        Counted(live.clone())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
     }
 }
 
