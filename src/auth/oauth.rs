@@ -359,7 +359,7 @@ impl Auth {
     /// The sessions that ended since `cursor` (from the start of the retained feed without
     /// one), waiting up to `wait` for one to end when there is nothing new. An answer holds
     /// the entries the follower already has after the cursor (recent ones, re-read in case a
-    /// late commit slipped in among them) and up to [`FEED_PAGE`] new ones. Entries are kept
+    /// late commit slipped in among them) and up to 1 000 new ones. Entries are kept
     /// at least `access_ttl + leeway`, as long as any access token of theirs can be live.
     pub async fn revocations(
         &self,

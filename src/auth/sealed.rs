@@ -146,7 +146,7 @@ pub async fn server_secret(
     Ok((secret, report))
 }
 
-/// What [`Auth::rekey`] did, by class.
+/// What [`super::Auth::rekey`] did, by class.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RekeyReport {
     /// The signing keys' private parts.
