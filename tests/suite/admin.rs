@@ -170,12 +170,21 @@ async fn admins_create_list_filter_and_page_users() {
         "validation_failed",
     )
     .await;
-    assert_error(
-        send(&app, "GET", "/admin/users?limit=abc", &admin.access, None).await,
-        422,
-        "validation_failed",
-    )
-    .await;
+    for bad in ["abc", "", "201", "-1"] {
+        assert_error(
+            send(
+                &app,
+                "GET",
+                &format!("/admin/users?limit={bad}"),
+                &admin.access,
+                None,
+            )
+            .await,
+            422,
+            "validation_failed",
+        )
+        .await;
+    }
     assert_error(
         send(&app, "GET", "/admin/users?cursor=nope", &admin.access, None).await,
         422,
