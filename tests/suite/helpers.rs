@@ -236,33 +236,11 @@ impl TestApp {
     /// (for states no request makes quickly, such as thousands of sessions); returns the rows
     /// it changed. `sqlite` or `postgres` is the statement in each backend's dialect.
     pub(crate) async fn sql(&self, sqlite: &str, postgres: &str) -> u64 {
-        use sqlx::Connection as _;
-        match &self.db {
-            TestDb::Sqlite(_) => {
-                let mut conn = sqlx::SqliteConnection::connect(&self.db.url())
-                    .await
-                    .expect("open the test's SQLite database");
-                let done = sqlx::query(sqlx::AssertSqlSafe(sqlite.to_owned()))
-                    .execute(&mut conn)
-                    .await
-                    .expect("test statement")
-                    .rows_affected();
-                let _ = conn.close().await;
-                done
-            }
-            TestDb::Postgres { url } => {
-                let mut conn = sqlx::PgConnection::connect(url)
-                    .await
-                    .expect("connect to the test's schema");
-                let done = sqlx::query(sqlx::AssertSqlSafe(postgres.to_owned()))
-                    .execute(&mut conn)
-                    .await
-                    .expect("test statement")
-                    .rows_affected();
-                let _ = conn.close().await;
-                done
-            }
-        }
+        let statement = match &self.db {
+            TestDb::Sqlite(_) => sqlite,
+            TestDb::Postgres { .. } => postgres,
+        };
+        keygate_testkit::execute_async(&self.db.url(), statement).await
     }
 }
 

@@ -214,7 +214,12 @@ pub fn output_within(
 /// Runs one SQL statement on the database at `url` (`sqlite://…` or `postgres://…`) over a
 /// connection of the test's own; returns the rows it changed (for a `select`, 0).
 pub fn execute(url: &str, statement: &str) -> u64 {
-    block_on(async {
+    block_on(execute_async(url, statement))
+}
+
+/// [`execute`] for a caller already on a runtime (an async test).
+pub async fn execute_async(url: &str, statement: &str) -> u64 {
+    {
         use sqlx::Connection as _;
         let sql = || sqlx::AssertSqlSafe(statement.to_owned());
         if url.starts_with("sqlite:") {
@@ -236,7 +241,7 @@ pub fn execute(url: &str, statement: &str) -> u64 {
             let _ = conn.close().await;
             done.rows_affected()
         }
-    })
+    }
 }
 
 /// The one integer `query` (such as `select count(*) …`) answers on the database at `url`.
